@@ -1,0 +1,95 @@
+"""Great Expectations suites as code, one per pipeline boundary.
+
+Each suite is a function of the run's parameters returning (dataset name, expectations) pairs; the gate in
+`expectations.gate` runs them and stops the DAG when any fails.
+"""
+
+from __future__ import annotations
+
+import great_expectations.expectations as gxe
+
+EVENT_TYPES_RAW = ["view", "cart", "purchase", "rating", "return", "non_product"]
+EVENT_TYPES_CLEAN = ["view", "cart", "purchase", "rating", "return"]
+
+
+def raw(params: dict) -> dict[str, list]:
+    """Raw tables as ingested: the contract's columns exist, ids mostly present, known event types."""
+    return {
+        "raw_events": [
+            *(gxe.ExpectColumnToExist(column=c) for c in
+              ["user_id", "item_id", "event_type", "event_ts", "quantity", "unit_price", "source_file", "source_row"]),
+            gxe.ExpectTableRowCountToBeBetween(min_value=1),
+            gxe.ExpectColumnValuesToBeUnique(column="source_row"),
+            gxe.ExpectColumnValuesToNotBeNull(column="item_id", mostly=0.95),
+            gxe.ExpectColumnValuesToNotBeNull(column="event_ts", mostly=0.99),
+            gxe.ExpectColumnValuesToBeInSet(column="event_type", value_set=EVENT_TYPES_RAW, mostly=0.99),
+        ],
+        "raw_items": [
+            gxe.ExpectColumnToExist(column="item_id"),
+            gxe.ExpectTableRowCountToBeBetween(min_value=1),
+            gxe.ExpectColumnValuesToNotBeNull(column="item_id"),
+        ],
+    }
+
+
+def cleaned(params: dict) -> dict[str, list]:
+    """dbt marts: keys unique, types valid, and dbt quarantined no more than the allowed share."""
+    return {
+        "fct_events": [
+            gxe.ExpectTableRowCountToBeBetween(min_value=1),
+            gxe.ExpectColumnValuesToBeUnique(column="event_id"),
+            *(gxe.ExpectColumnValuesToNotBeNull(column=c) for c in ["user_id", "item_id", "event_ts", "event_type"]),
+            gxe.ExpectColumnValuesToBeInSet(column="event_type", value_set=EVENT_TYPES_CLEAN),
+            gxe.ExpectColumnValuesToBeBetween(column="quantity", min_value=0, strict_min=True),
+            gxe.ExpectColumnValuesToBeBetween(column="unit_price", min_value=0),
+        ],
+        "dim_items": [
+            gxe.ExpectColumnValuesToBeUnique(column="item_id"),
+            gxe.ExpectColumnValuesToNotBeNull(column="item_id"),
+            gxe.ExpectColumnValuesToBeBetween(column="price", min_value=0),
+        ],
+        "quarantine_share": [
+            gxe.ExpectColumnValuesToBeBetween(column="share", min_value=0, max_value=params["max_quarantine_share"]),
+        ],
+    }
+
+
+def features(params: dict) -> dict[str, list]:
+    """Spark features: non-empty sequences, valid item indices, finite non-negative labels."""
+    return {
+        "sequences": [
+            gxe.ExpectTableRowCountToBeBetween(min_value=1),
+            gxe.ExpectColumnValuesToBeUnique(column="user_id"),
+            gxe.ExpectColumnValuesToBeBetween(column="n_events", min_value=1),
+            gxe.ExpectColumnValuesToBeBetween(column="min_item", min_value=1),
+            gxe.ExpectColumnValuesToBeBetween(column="max_item", max_value=params["n_items"]),
+        ],
+        "ltv_features": [
+            gxe.ExpectColumnValuesToBeInSet(column="cutoff", value_set=["train", "eval", "score"]),
+            gxe.ExpectColumnValuesToBeBetween(column="label_value", min_value=0),
+            gxe.ExpectColumnValuesToBeInSet(column="label_active", value_set=[0, 1]),
+            gxe.ExpectCompoundColumnsToBeUnique(column_list=["user_id", "cutoff"]),
+        ],
+    }
+
+
+def scores(params: dict) -> dict[str, list]:
+    """Scores before publishing: ranks 1..N, one row per user and rank, sane LTV values."""
+    return {
+        "recommendations": [
+            gxe.ExpectTableRowCountToBeBetween(min_value=1),
+            gxe.ExpectColumnValuesToBeBetween(column="rank", min_value=1, max_value=params["top_n"]),
+            gxe.ExpectCompoundColumnsToBeUnique(column_list=["user_id", "rank"]),
+            gxe.ExpectCompoundColumnsToBeUnique(column_list=["user_id", "item_id"]),
+            gxe.ExpectColumnValuesToNotBeNull(column="item_id"),
+            gxe.ExpectColumnValuesToBeInSet(column="seen_before", value_set=[False]),
+        ],
+        "ltv_estimates": [
+            gxe.ExpectColumnValuesToBeUnique(column="user_id"),
+            gxe.ExpectColumnValuesToBeBetween(column="p_active", min_value=0, max_value=1),
+            gxe.ExpectColumnValuesToBeBetween(column="expected_value", min_value=0),
+        ],
+    }
+
+
+SUITES = {"raw": raw, "cleaned": cleaned, "features": features, "scores": scores}

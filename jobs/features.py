@@ -1,0 +1,154 @@
+"""Spark feature job: cleaned marts (Parquet) -> model features (Parquet).
+
+    spark-submit --master local[2] jobs/features.py --events E.parquet --items I.parquet \
+        --out DIR --as-of 2011-12-09 --horizon-days 90 --holdout-days 14
+
+Writes, under --out:
+  items/          item_idx (1..n; 0 is padding), item_id, title, category, price, n_events, n_users
+  sequences/      per user, time-ordered arrays: items, types, ts (epoch s); runs of the same item collapsed
+                  to their last (strongest) event, e.g. view -> cart -> purchase becomes one purchase token
+  ltv_features/   per customer and cut-off (train = D-2H, eval = D-H, score = D): RFM features computed from
+                  events strictly before the cut-off, and the label: net spend in [cut-off, cut-off + H)
+  split.json      the cut-off timestamps of the temporal split
+D is the end of the --as-of day (default: the day of the last event). Nothing at or after a cut-off reaches
+that cut-off's features.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+EVENT_TYPE_CODE = {"view": 1, "cart": 2, "purchase": 3, "rating": 4, "return": 5}
+DAY = 86400.0
+
+
+def build_items(events: DataFrame, items: DataFrame) -> DataFrame:
+    stats = events.groupBy("item_id").agg(F.count("*").alias("n_events"), F.countDistinct("user_id").alias("n_users"))
+    return (
+        items.select("item_id", "title", "category", "price")
+        .join(stats, "item_id", "left")
+        .fillna({"n_events": 0, "n_users": 0})
+        .withColumn("item_idx", F.row_number().over(Window.orderBy("item_id")))
+        .select("item_idx", "item_id", "title", "category", "price", "n_events", "n_users")
+    )
+
+
+def build_sequences(events: DataFrame, items: DataFrame) -> DataFrame:
+    type_code = F.create_map(*[x for k, v in EVENT_TYPE_CODE.items() for x in (F.lit(k), F.lit(v))])
+    by_time = Window.partitionBy("user_id").orderBy("event_ts", "event_id")
+    ev = (
+        events.join(items.select("item_id", "item_idx"), "item_id")
+        .withColumn("type", type_code[F.col("event_type")])
+        .withColumn("ts", F.col("event_ts").cast("long"))
+        .withColumn("next_item", F.lead("item_idx").over(by_time))
+        .where(F.col("next_item").isNull() | (F.col("next_item") != F.col("item_idx")))
+    )
+    ordered = F.array_sort(F.collect_list(F.struct("ts", "event_id", "item_idx", "type")))
+    return (
+        ev.groupBy("user_id")
+        .agg(ordered.alias("ev"))
+        .select(
+            "user_id",
+            F.col("ev.item_idx").alias("items"),
+            F.col("ev.type").alias("types"),
+            F.col("ev.ts").alias("ts"),
+            F.size("ev").alias("n_events"),
+        )
+    )
+
+
+def build_ltv_features(events: DataFrame, cutoff: datetime, horizon_days: int, name: str) -> DataFrame:
+    c = F.lit(cutoff).cast("timestamp")
+    end = F.lit(cutoff + timedelta(days=horizon_days)).cast("timestamp")
+    days_before = (c.cast("long") - F.col("event_ts").cast("long")) / DAY
+    past = events.where(F.col("event_ts") < c)
+    is_purchase = F.col("event_type") == "purchase"
+    gross = F.when(is_purchase, F.col("amount")).otherwise(0.0)
+    returned = F.when(F.col("event_type") == "return", -F.col("amount")).otherwise(0.0)
+    feats = past.groupBy("user_id").agg(
+        F.sum(F.when(is_purchase, 1).otherwise(0)).alias("n_purchases"),
+        F.countDistinct(F.when(is_purchase, F.to_date("event_ts"))).alias("n_purchase_days"),
+        F.sum("amount").alias("net_spend"),
+        F.sum(gross).alias("gross_spend"),
+        F.sum(returned).alias("returned_spend"),
+        F.min(F.when(is_purchase, days_before)).alias("recency_days"),
+        F.max(days_before).alias("tenure_days"),
+        F.count("*").alias("n_events"),
+        F.countDistinct("item_id").alias("n_items"),
+        F.sum(F.when(days_before <= 30, F.col("amount")).otherwise(0.0)).alias("spend_30d"),
+        F.sum(F.when(days_before <= 90, F.col("amount")).otherwise(0.0)).alias("spend_90d"),
+        F.sum(F.when(days_before <= horizon_days, F.col("amount")).otherwise(0.0)).alias("spend_past_h"),
+    ).where(F.col("n_purchases") > 0)  # customers: at least one purchase before the cut-off
+    label = (
+        events.where((F.col("event_ts") >= c) & (F.col("event_ts") < end))
+        .groupBy("user_id")
+        .agg(F.sum("amount").alias("future_spend"), F.max(is_purchase.cast("int")).alias("future_active"))
+    )
+    return (
+        feats.join(label, "user_id", "left")
+        .withColumn("label_value", F.greatest(F.coalesce("future_spend", F.lit(0.0)), F.lit(0.0)))
+        .withColumn("label_active", F.coalesce("future_active", F.lit(0)))
+        .withColumn("avg_order_value", F.col("gross_spend") / F.greatest("n_purchase_days", F.lit(1)))
+        .withColumn("returns_share", F.col("returned_spend") / F.greatest("gross_spend", F.lit(1e-9)))
+        .withColumn("cutoff", F.lit(name))
+        .withColumn("cutoff_ts", c)
+        .drop("future_spend", "future_active")
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--events", required=True)
+    ap.add_argument("--items", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--as-of", default=None)
+    ap.add_argument("--horizon-days", type=int, default=90)
+    ap.add_argument("--holdout-days", type=int, default=14)
+    args = ap.parse_args(argv)
+
+    spark = SparkSession.builder.appName("ltvrec-features").config("spark.sql.session.timeZone", "UTC").getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    out = Path(args.out)
+    events = spark.read.parquet(args.events).withColumn("event_ts", F.col("event_ts").cast("timestamp")).cache()
+    items_in = spark.read.parquet(args.items)
+
+    last = events.agg(F.max("event_ts")).first()[0]
+    if last is None:
+        raise SystemExit("features: no clean events to build features from")
+    as_of = datetime.fromisoformat(args.as_of) if args.as_of else datetime(last.year, last.month, last.day)
+    end = as_of + timedelta(days=1)
+    split = {
+        "as_of": as_of.date().isoformat(),
+        "end": end.isoformat(),
+        "test_start": (end - timedelta(days=args.holdout_days)).isoformat(),
+        "valid_start": (end - timedelta(days=2 * args.holdout_days)).isoformat(),
+        "ltv_cutoffs": {
+            "train": (end - timedelta(days=2 * args.horizon_days)).isoformat(),
+            "eval": (end - timedelta(days=args.horizon_days)).isoformat(),
+            "score": end.isoformat(),
+        },
+        "horizon_days": args.horizon_days,
+        "holdout_days": args.holdout_days,
+    }
+    events = events.where(F.col("event_ts") < F.lit(end).cast("timestamp"))
+
+    items = build_items(events, items_in).cache()
+    items.write.mode("overwrite").parquet(str(out / "items"))
+    build_sequences(events, items).write.mode("overwrite").parquet(str(out / "sequences"))
+    ltv = None
+    for name, ts in split["ltv_cutoffs"].items():
+        part = build_ltv_features(events, datetime.fromisoformat(ts), args.horizon_days, name)
+        ltv = part if ltv is None else ltv.unionByName(part)
+    ltv.write.mode("overwrite").parquet(str(out / "ltv_features"))
+    (out / "split.json").write_text(json.dumps(split, indent=2))
+    spark.stop()
+
+
+if __name__ == "__main__":
+    main()

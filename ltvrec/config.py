@@ -1,0 +1,121 @@
+"""Run configuration, state locations and the project's fixed vocabularies.
+
+Everything a DAG run needs is one `RunConfig`, resolved from DAG params / CLI options and stored as
+`config.json` in the run folder; later stages read it back from there (XCom carries only the path).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+# Event types, in the order of their integer codes (0 is padding in sequences).
+EVENT_TYPES = ("view", "cart", "purchase", "rating", "return")
+EVENT_TYPE_CODE = {name: i + 1 for i, name in enumerate(EVENT_TYPES)}
+SOURCES = ("synthetic", "events", "online_retail", "movielens")
+DAG_ID = "ltvrec_batch"
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def ltvrec_home() -> Path:
+    """State directory: warehouse file, MLflow store, Airflow home and run folders."""
+    return Path(os.environ.get("LTVREC_HOME", Path.cwd() / ".ltvrec")).resolve()
+
+
+def default_warehouse_url() -> str:
+    return os.environ.get("LTVREC_WAREHOUSE_URL") or f"duckdb:///{ltvrec_home() / 'warehouse.duckdb'}"
+
+
+def mlflow_tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{ltvrec_home() / 'mlflow.db'}"
+
+
+def mlflow_artifact_root() -> str:
+    return (ltvrec_home() / "mlartifacts").as_uri()
+
+
+@dataclass
+class RunConfig:
+    """All knobs of one DAG run. Unknown keys are rejected; types are checked on load."""
+
+    source: str = "synthetic"
+    path: str | None = None
+    items_path: str | None = None
+    as_of: str | None = None  # YYYY-MM-DD; default: date of the last event
+    top_n: int = 10
+    horizon_days: int = 90
+    holdout_days: int = 14
+    max_quarantine_share: float = 0.5  # gate: share of raw events dbt may reject
+    warehouse_url: str | None = None
+    spark_master: str | None = None
+    # synthetic source
+    synthetic_users: int = 2000
+    synthetic_items: int = 300
+    synthetic_days: int = 365
+    seed: int = 42
+    # model and training
+    max_seq_len: int = 50
+    d_model: int = 64
+    n_heads: int = 2
+    n_layers: int = 2
+    dropout: float = 0.2
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    batch_size: int = 128
+    epochs: int = 30
+    patience: int = 4
+    max_train_minutes: float = 10.0
+    ltv_weight: float = 1.0
+    nproc: int = 2
+    # registry
+    model_name: str = "ltvrec"
+    experiment: str = "ltvrec"
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            expected = {"int": int, "float": (int, float), "str | None": str, "str": str}[f.type]
+            if not isinstance(value, expected) or isinstance(value, bool):
+                raise ValueError(f"config key {f.name!r}: expected {f.type}, got {value!r}")
+        if self.source not in SOURCES:
+            raise ValueError(f"config key 'source': {self.source!r} is not one of {', '.join(SOURCES)}")
+        if self.source != "synthetic" and not self.path:
+            raise ValueError(f"source {self.source!r} needs a path (--path)")
+        if self.as_of is not None and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", self.as_of):
+            raise ValueError(f"config key 'as_of': expected YYYY-MM-DD, got {self.as_of!r}")
+        for key in ("top_n", "horizon_days", "holdout_days", "nproc", "epochs", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"config key {key!r} must be >= 1, got {getattr(self, key)}")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "RunConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown config keys: {', '.join(unknown)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def save(self, run_dir: Path) -> None:
+        (run_dir / "config.json").write_text(json.dumps(self.to_dict(), indent=2))
+
+    @classmethod
+    def load(cls, run_dir: Path) -> "RunConfig":
+        return cls.from_dict(json.loads((Path(run_dir) / "config.json").read_text()))
+
+    @property
+    def resolved_warehouse_url(self) -> str:
+        return self.warehouse_url or default_warehouse_url()
+
+    @property
+    def resolved_spark_master(self) -> str:
+        return self.spark_master or os.environ.get("LTVREC_SPARK_MASTER", "local[2]")

@@ -1,0 +1,376 @@
+"""The DAG's stages. Each takes the run folder (the only thing passed between tasks), reads its config,
+does one job with that job's tool, and records its timing and row counts in `stages/<name>.json`.
+
+The Airflow DAG, the CLI and the tests all call these same functions.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from ltvrec import sources, synthetic, warehouse
+from ltvrec.config import PROJECT_ROOT, RunConfig, ltvrec_home, mlflow_tracking_uri
+
+log = logging.getLogger("ltvrec")
+STAGE_ORDER = ["prepare", "ingest", "gate_raw", "dbt_build", "gate_cleaned", "features", "gate_features",
+               "train", "evaluate", "register", "score", "gate_scores", "publish"]
+
+
+def stage(fn):
+    """Time a stage and store what it returns as stages/<name>.json."""
+
+    @functools.wraps(fn)
+    def wrapper(run_dir: str, *args, **kwargs):
+        started = time.time()
+        info = fn(Path(run_dir), *args, **kwargs) or {}
+        record = {"seconds": round(time.time() - started, 3), **info}
+        out = Path(run_dir) / "stages"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{fn.__name__}.json").write_text(json.dumps(record, indent=2, default=str))
+        log.info("stage %s done in %.1fs: %s", fn.__name__, record["seconds"], json.dumps(info, default=str)[:500])
+        return record
+
+    return wrapper
+
+
+def _bin(name: str) -> str:
+    """A console script of the running interpreter's environment (torchrun, spark-submit, ...)."""
+    return str(Path(sys.executable).parent / name)
+
+
+def _mlflow_run_id(run_dir: Path) -> str:
+    return json.loads((run_dir / "mlflow.json").read_text())["run_id"]
+
+
+def _split(run_dir: Path) -> dict:
+    return json.loads((run_dir / "features" / "split.json").read_text())
+
+
+def prepare(params: dict, run_id: str, dag_id: str = "ltvrec_batch") -> str:
+    """Validate the config, create the run folder and the run's MLflow run; return the run folder."""
+    import mlflow
+
+    from ltvrec.tracking import configure
+
+    cfg = RunConfig.from_dict({k: v for k, v in params.items() if v is not None})
+    run_key = re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id)
+    run_dir = ltvrec_home() / "runs" / run_key
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg.save(run_dir)
+    started = time.time()
+    experiment_id = configure(cfg.experiment)
+    with mlflow.start_run(run_name=run_key, tags={"airflow_run_id": run_id, "airflow_dag_id": dag_id,
+                                                  "source": cfg.source}) as run:
+        mlflow.log_params({f"cfg_{k}": v for k, v in cfg.to_dict().items()})
+        (run_dir / "mlflow.json").write_text(json.dumps({"run_id": run.info.run_id, "experiment_id": experiment_id}))
+    (run_dir / "stages").mkdir(exist_ok=True)
+    (run_dir / "stages" / "prepare.json").write_text(json.dumps({"seconds": round(time.time() - started, 3)}))
+    log.info("run folder %s, MLflow run %s", run_dir, run.info.run_id)
+    return str(run_dir)
+
+
+@stage
+def ingest(run_dir: Path) -> dict:
+    """Read the source into canonical raw tables and load them into the warehouse's `raw` schema."""
+    cfg = RunConfig.load(run_dir)
+    if cfg.source == "synthetic":
+        ev_path, it_path = synthetic.write(run_dir / "input", n_users=cfg.synthetic_users, n_items=cfg.synthetic_items,
+                                           days=cfg.synthetic_days, seed=cfg.seed)
+        events, items = sources.load_events(ev_path, it_path)
+        inputs = [ev_path, it_path]
+    elif cfg.source == "events":
+        events, items = sources.load_events(Path(cfg.path), Path(cfg.items_path) if cfg.items_path else None)
+        inputs = [Path(cfg.path)] + ([Path(cfg.items_path)] if cfg.items_path else [])
+    elif cfg.source == "online_retail":
+        events, items = sources.load_online_retail(Path(cfg.path))
+        inputs = [Path(cfg.path)]
+    else:
+        events, items = sources.load_movielens(Path(cfg.path))
+        inputs = [Path(cfg.path)]
+    wh = warehouse.connect(cfg.resolved_warehouse_url)
+    wh.replace_table("raw", "events", events)
+    wh.replace_table("raw", "items", items)
+    return {"rows": {"raw_events": events.num_rows, "raw_items": items.num_rows},
+            "dataset_digest": sources.file_digest(*inputs), "warehouse": wh.kind}
+
+
+def _gate(run_dir: Path, name: str, frames: dict[str, pd.DataFrame], params: dict) -> dict:
+    from expectations.gate import run_gate
+
+    return {"gate": run_gate(name, frames, params, run_dir / "gates" / name)}
+
+
+@stage
+def gate_raw(run_dir: Path) -> dict:
+    wh = warehouse.connect(RunConfig.load(run_dir).resolved_warehouse_url)
+    frames = {"raw_events": wh.query("select * from raw.events").to_pandas(),
+              "raw_items": wh.query("select * from raw.items").to_pandas()}
+    return _gate(run_dir, "raw", frames, {})
+
+
+@stage
+def dbt_build(run_dir: Path) -> dict:
+    """`dbt build` (models + schema tests) on the configured warehouse, in process."""
+    from dbt.cli.main import dbtRunner
+
+    cfg = RunConfig.load(run_dir)
+    wh = warehouse.connect(cfg.resolved_warehouse_url)
+    target, env = wh.dbt_target()
+    os.environ.update(env)
+    project = PROJECT_ROOT / "dbt_project"
+    # without an explicit as-of date, "in the future" means after today (UTC), not after the latest event
+    dbt_vars = {"as_of": cfg.as_of or datetime.now(timezone.utc).date().isoformat()}
+    result = dbtRunner().invoke(["build", "--project-dir", str(project), "--profiles-dir", str(project),
+                                 "--target", target, "--vars", json.dumps(dbt_vars),
+                                 "--target-path", str(run_dir / "dbt" / "target"),
+                                 "--log-path", str(run_dir / "dbt" / "logs")])
+    if not result.success:
+        failed = [f"{r.node.name}: {r.status} {r.message}" for r in (result.result or []) if str(r.status) in ("error", "fail")]
+        raise RuntimeError(f"dbt build failed: {result.exception or ''} {'; '.join(failed)}; logs in {run_dir / 'dbt' / 'logs'}")
+    counts = wh.query("select reject_reason, n_rows from marts.quarantine_summary").to_pylist()
+    n_clean = wh.query("select count(*) as n from marts.fct_events").to_pylist()[0]["n"]
+    return {"rows": {"fct_events": int(n_clean), "quarantined": int(sum(r["n_rows"] for r in counts))},
+            "quarantine": {r["reject_reason"]: int(r["n_rows"]) for r in counts}}
+
+
+@stage
+def gate_cleaned(run_dir: Path) -> dict:
+    cfg = RunConfig.load(run_dir)
+    wh = warehouse.connect(cfg.resolved_warehouse_url)
+    n_raw = wh.query("select count(*) as n from raw.events").to_pylist()[0]["n"]
+    n_bad = wh.query("select count(*) as n from marts.events_quarantine").to_pylist()[0]["n"]
+    frames = {"fct_events": wh.query("select * from marts.fct_events").to_pandas(),
+              "dim_items": wh.query("select * from marts.dim_items").to_pandas(),
+              "quarantine_share": pd.DataFrame({"share": [n_bad / max(n_raw, 1)]})}
+    return _gate(run_dir, "cleaned", frames, {"max_quarantine_share": cfg.max_quarantine_share})
+
+
+@stage
+def features(run_dir: Path) -> dict:
+    """Export the marts to Parquet and run the Spark feature job on them (spark-submit)."""
+    cfg = RunConfig.load(run_dir)
+    wh = warehouse.connect(cfg.resolved_warehouse_url)
+    marts = run_dir / "marts"
+    marts.mkdir(exist_ok=True)
+    rows = {t: wh.export_parquet("marts", t, marts / f"{t}.parquet") for t in ("fct_events", "dim_items")}
+    cmd = [_bin("spark-submit"), "--master", cfg.resolved_spark_master, "--driver-memory", "2g",
+           "--conf", "spark.sql.shuffle.partitions=8", "--conf", "spark.ui.enabled=false",
+           str(PROJECT_ROOT / "jobs" / "features.py"), "--events", str(marts / "fct_events.parquet"),
+           "--items", str(marts / "dim_items.parquet"), "--out", str(run_dir / "features"),
+           "--horizon-days", str(cfg.horizon_days), "--holdout-days", str(cfg.holdout_days)]
+    if cfg.as_of:
+        cmd += ["--as-of", cfg.as_of]
+    _run(cmd, {"PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable})
+    out = run_dir / "features"
+    ltv = pq.read_table(out / "ltv_features", columns=["cutoff"]).to_pandas()["cutoff"].value_counts().to_dict()
+    return {"rows": {**rows, "items": pq.ParquetDataset(out / "items").read(columns=["item_idx"]).num_rows,
+                     "sequences": pq.ParquetDataset(out / "sequences").read(columns=["user_id"]).num_rows,
+                     **{f"ltv_{k}": int(v) for k, v in ltv.items()}}, "split": _split(run_dir)}
+
+
+@stage
+def gate_features(run_dir: Path) -> dict:
+    seq = pq.ParquetDataset(run_dir / "features" / "sequences").read(columns=["user_id", "items", "n_events"]).to_pandas()
+    seq["min_item"] = seq["items"].map(min)
+    seq["max_item"] = seq["items"].map(max)
+    n_items = pq.ParquetDataset(run_dir / "features" / "items").read(columns=["item_idx"]).num_rows
+    ltv = pq.ParquetDataset(run_dir / "features" / "ltv_features").read().to_pandas()
+    return _gate(run_dir, "features", {"sequences": seq.drop(columns="items"), "ltv_features": ltv}, {"n_items": n_items})
+
+
+@stage
+def train(run_dir: Path) -> dict:
+    """torchrun the trainer (DDP over `nproc` processes: gloo on CPU, NCCL on GPUs)."""
+    cfg = RunConfig.load(run_dir)
+    nproc = int(os.environ.get("LTVREC_TORCHRUN_NPROC", cfg.nproc))
+    cmd = [_bin("torchrun"), "--standalone", f"--nproc-per-node={nproc}", "-m", "models.train", "--run-dir", str(run_dir)]
+    _run(cmd, {"MLFLOW_TRACKING_URI": mlflow_tracking_uri(), "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // nproc))})
+    return json.loads((run_dir / "train" / "result.json").read_text())
+
+
+@stage
+def evaluate(run_dir: Path) -> dict:
+    """Test metrics for the trained model and the baselines, logged to the run's MLflow run."""
+    import mlflow
+
+    from models.checkpoint import LoadedModel
+    from models.data import FeatureSet
+    from models.evaluate import evaluate_ltv, evaluate_recommendations
+
+    cfg = RunConfig.load(run_dir)
+    fs = FeatureSet.load(run_dir / "features")
+    loaded = LoadedModel.from_file(run_dir / "train" / "best.pt")
+    rec = evaluate_recommendations(fs, loaded)
+    ltv = evaluate_ltv(fs, loaded)
+    table = pd.DataFrame(
+        [{"task": "recommendation", "model": m, **v} for m, v in rec.items() if not m.startswith("_")]
+        + [{"task": "ltv", "model": m, **v} for m, v in ltv.items()]
+    )
+    out = run_dir / "evaluation"
+    out.mkdir(exist_ok=True)
+    table.to_csv(out / "model_comparison.csv", index=False)
+    (out / "model_comparison.md").write_text(table.to_markdown(index=False) if _has_tabulate() else table.to_string())
+    metrics = {f"test_{m}_{k}": v for m, vals in rec.items() if not m.startswith("_") for k, v in vals.items()}
+    metrics |= {f"ltv_{m}_{k}": v for m, vals in ltv.items() for k, v in vals.items()}
+    tracking_setup(cfg)
+    with mlflow.start_run(run_id=_mlflow_run_id(run_dir)):
+        mlflow.log_metrics({k: v for k, v in metrics.items() if pd.notna(v)})
+        mlflow.log_artifacts(str(out), artifact_path="evaluation")
+    return {"metrics": {"recommendation": rec, "ltv": ltv}}
+
+
+def _has_tabulate() -> bool:
+    try:
+        import tabulate  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def tracking_setup(cfg: RunConfig) -> None:
+    from ltvrec.tracking import configure
+
+    configure(cfg.experiment)
+
+
+@stage
+def register(run_dir: Path) -> dict:
+    """Register the trained model; the new version becomes `@champion`."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    cfg = RunConfig.load(run_dir)
+    tracking_setup(cfg)
+    result = json.loads((run_dir / "train" / "result.json").read_text())
+    evaluation = json.loads((run_dir / "stages" / "evaluate.json").read_text())["metrics"]
+    version = mlflow.register_model(result["model_uri"], cfg.model_name,
+                                    tags={"airflow_run": run_dir.name, "mlflow_run_id": _mlflow_run_id(run_dir)})
+    client = MlflowClient()
+    rec = evaluation["recommendation"]
+    for key, value in {"test_ndcg_10": rec.get("model", {}).get("ndcg_10"),
+                       "popularity_ndcg_10": rec.get("popularity", {}).get("ndcg_10")}.items():
+        if value is not None:
+            client.set_model_version_tag(cfg.model_name, version.version, key, f"{value:.6f}")
+    client.set_registered_model_alias(cfg.model_name, "champion", version.version)
+    client.set_model_version_tag(cfg.model_name, version.version, "promotion", "promoted to @champion")
+    info = {"model_name": cfg.model_name, "version": str(version.version), "alias": "champion"}
+    (run_dir / "registry.json").write_text(json.dumps(info))
+    return info
+
+
+@stage
+def score(run_dir: Path) -> dict:
+    """Score every user with the `@champion` model; write Parquet for the gate and the publisher."""
+    import pyarrow as pa
+    from mlflow import MlflowClient
+
+    from models.checkpoint import LoadedModel
+    from models.data import FeatureSet
+    from models.score import score_ltv, score_recommendations
+
+    cfg = RunConfig.load(run_dir)
+    tracking_setup(cfg)
+    champion = MlflowClient().get_model_version_by_alias(cfg.model_name, "champion")
+    loaded = LoadedModel.from_registry(f"models:/{cfg.model_name}@champion")
+    fs = FeatureSet.load(run_dir / "features")
+    recs, ltv = score_recommendations(fs, loaded, cfg.top_n), score_ltv(fs, loaded)
+    run_date = fs.split["as_of"]
+    generated_at = datetime.now(timezone.utc).replace(tzinfo=None)
+    meta = {"run_date": pa.scalar(pd.Timestamp(run_date).date(), pa.date32()), "generated_at": pa.scalar(generated_at, pa.timestamp("us")),
+            "model_version": pa.scalar(str(champion.version)), "mlflow_run_id": pa.scalar(_mlflow_run_id(run_dir))}
+
+    def with_meta(table: pa.Table, columns: list[str], extra: dict) -> pa.Table:
+        values = {**meta, **extra}
+        cols = {c: table.column(c) if c in table.column_names else pa.array([values[c].as_py()] * table.num_rows, values[c].type)
+                for c in columns}
+        return pa.table(cols)
+
+    recs = with_meta(recs, ["run_date", "user_id", "rank", "item_id", "score", "model_name", "model_version",
+                            "mlflow_run_id", "generated_at"], {"model_name": pa.scalar(cfg.model_name)})
+    ltv = with_meta(ltv, ["run_date", "user_id", "horizon_days", "p_active", "expected_value", "model_version",
+                          "mlflow_run_id", "generated_at"], {"horizon_days": pa.scalar(cfg.horizon_days, pa.int32())})
+    out = run_dir / "scores"
+    out.mkdir(exist_ok=True)
+    pq.write_table(recs, out / "recommendations.parquet")
+    pq.write_table(ltv, out / "ltv_estimates.parquet")
+    return {"rows": {"recommendations": recs.num_rows, "ltv_estimates": ltv.num_rows,
+                     "users_scored": int(pd.Series(recs.column("user_id").to_numpy()).nunique())},
+            "champion_version": str(champion.version), "run_date": run_date}
+
+
+@stage
+def gate_scores(run_dir: Path) -> dict:
+    cfg = RunConfig.load(run_dir)
+    recs = pq.read_table(run_dir / "scores" / "recommendations.parquet").to_pandas()
+    ltv = pq.read_table(run_dir / "scores" / "ltv_estimates.parquet").to_pandas()
+    seq = pq.ParquetDataset(run_dir / "features" / "sequences").read(columns=["user_id", "items"]).to_pandas()
+    items = pq.ParquetDataset(run_dir / "features" / "items").read(columns=["item_idx", "item_id"]).to_pandas()
+    seen = seq.explode("items").merge(items, left_on="items", right_on="item_idx")[["user_id", "item_id"]].drop_duplicates()
+    recs = recs.merge(seen.assign(seen_before=True), on=["user_id", "item_id"], how="left")
+    recs["seen_before"] = recs["seen_before"].fillna(False).astype(bool)
+    return _gate(run_dir, "scores", {"recommendations": recs, "ltv_estimates": ltv}, {"top_n": cfg.top_n})
+
+
+@stage
+def publish(run_dir: Path) -> dict:
+    """Replace the run date's rows of both serving tables, each in one transaction."""
+    cfg = RunConfig.load(run_dir)
+    wh = warehouse.connect(cfg.resolved_warehouse_url)
+    run_date = _split(run_dir)["as_of"]
+    rows = {t: wh.publish(t, run_date, pq.read_table(run_dir / "scores" / f"{t}.parquet"))
+            for t in ("recommendations", "ltv_estimates")}
+    return {"rows": rows, "run_date": run_date, "warehouse": wh.kind}
+
+
+def finalize(run_dir: str) -> dict:
+    """Collect every stage's record into summary.json and log it to MLflow."""
+    import mlflow
+
+    run_dir = Path(run_dir)
+    cfg = RunConfig.load(run_dir)
+    stages = {p.stem: json.loads(p.read_text()) for p in (run_dir / "stages").glob("*.json")}
+    ordered = {name: stages[name] for name in STAGE_ORDER if name in stages}
+    summary = {
+        "run_id": run_dir.name,
+        "mlflow_run_id": _mlflow_run_id(run_dir),
+        "dataset_digest": ordered.get("ingest", {}).get("dataset_digest"),
+        "config": cfg.to_dict(),
+        "run_date": ordered.get("publish", {}).get("run_date"),
+        "rows": {name: s["rows"] for name, s in ordered.items() if "rows" in s},
+        "quarantine": ordered.get("dbt_build", {}).get("quarantine", {}),
+        "metrics": ordered.get("evaluate", {}).get("metrics", {}),
+        "training": {k: v for k, v in ordered.get("train", {}).items() if k != "seconds"},
+        "registry": ordered.get("register", {}),
+        "timings_s": {name: s["seconds"] for name, s in ordered.items()},
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    tracking_setup(cfg)
+    with mlflow.start_run(run_id=summary["mlflow_run_id"]):
+        mlflow.log_artifact(str(run_dir / "summary.json"))
+    return summary
+
+
+def _run(cmd: list[str], extra_env: dict[str, str]) -> None:
+    """Run a subprocess, streaming its output into our log; raise with its tail on failure."""
+    log.info("running: %s", " ".join(cmd))
+    env = {**os.environ, **extra_env}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=PROJECT_ROOT)
+    tail: list[str] = []
+    for line in proc.stdout:
+        line = line.rstrip()
+        tail = (tail + [line])[-40:]
+        log.info("%s", line)
+    if proc.wait() != 0:
+        raise RuntimeError(f"{Path(cmd[0]).name} exited with {proc.returncode}:\n" + "\n".join(tail))

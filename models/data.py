@@ -1,0 +1,137 @@
+"""Model inputs from the Spark feature folder: item vocabulary, user sequences, LTV features.
+
+All cut-offs are epoch seconds; a user's history "before t" is found with a binary search over the
+user's sorted timestamps, so one sequence table serves training, validation, test and scoring.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+RETURN_CODE = 5
+LTV_FEATURES = [
+    "n_purchases", "n_purchase_days", "net_spend", "gross_spend", "returned_spend", "recency_days",
+    "tenure_days", "n_events", "n_items", "spend_30d", "spend_90d", "spend_past_h", "avg_order_value",
+    "returns_share",
+]
+
+
+def epoch(iso: str) -> int:
+    return int(datetime.fromisoformat(iso).replace(tzinfo=timezone.utc).timestamp())
+
+
+@dataclass
+class FeatureSet:
+    item_ids: np.ndarray  # item_ids[idx - 1] is the id of item index idx
+    item_price: np.ndarray  # by item index (0 for padding)
+    users: np.ndarray  # user ids, aligned with the three lists below
+    items: list[np.ndarray]
+    types: list[np.ndarray]
+    ts: list[np.ndarray]
+    ltv: pd.DataFrame
+    split: dict
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids) + 1
+
+    @classmethod
+    def load(cls, features_dir: Path) -> "FeatureSet":
+        features_dir = Path(features_dir)
+        items = pq.read_table(features_dir / "items").to_pandas().sort_values("item_idx")
+        if not (items["item_idx"].to_numpy() == np.arange(1, len(items) + 1)).all():
+            raise ValueError(f"{features_dir / 'items'}: item_idx must be 1..n without gaps")
+        seq = pq.read_table(features_dir / "sequences").to_pandas().sort_values("user_id", ignore_index=True)
+        price = np.concatenate([[0.0], items["price"].fillna(0.0).to_numpy(dtype=float)])
+        return cls(
+            item_ids=items["item_id"].to_numpy(dtype=object),
+            item_price=price,
+            users=seq["user_id"].to_numpy(dtype=object),
+            items=[np.asarray(x, dtype=np.int64) for x in seq["items"]],
+            types=[np.asarray(x, dtype=np.int64) for x in seq["types"]],
+            ts=[np.asarray(x, dtype=np.int64) for x in seq["ts"]],
+            ltv=pq.read_table(features_dir / "ltv_features").to_pandas(),
+            split=json.loads((features_dir / "split.json").read_text()),
+        )
+
+    def cut(self, u: int, before: int) -> int:
+        """Number of user u's events strictly before epoch second `before`."""
+        return int(np.searchsorted(self.ts[u], before, side="left"))
+
+    def histories(self, before: int, users: np.ndarray | None = None) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+        """(user positions, items, types) before the cut-off: for the given users (histories may be empty),
+        else for every user with at least one event before it."""
+        pos, its, tys = [], [], []
+        for u in range(len(self.users)) if users is None else users:
+            n = self.cut(u, before)
+            if n or users is not None:
+                pos.append(u)
+                its.append(self.items[u][:n])
+                tys.append(self.types[u][:n])
+        return np.asarray(pos, dtype=np.int64), its, tys
+
+    def holdout(self, start: int, end: int) -> tuple[np.ndarray, list[set[int]]]:
+        """Users with history before `start` and new (unseen) non-return items in [start, end): their targets."""
+        users, targets = [], []
+        for u in range(len(self.users)):
+            a, b = self.cut(u, start), self.cut(u, end)
+            if a == 0 or b == a:
+                continue
+            window = self.items[u][a:b][self.types[u][a:b] != RETURN_CODE]
+            new = set(window.tolist()) - set(self.items[u][:a].tolist())
+            if new:
+                users.append(u)
+                targets.append(new)
+        return np.asarray(users, dtype=np.int64), targets
+
+    def ltv_frame(self, cutoff: str) -> pd.DataFrame:
+        """LTV rows of one cut-off ('train', 'eval' or 'score'), with the user's sequence position."""
+        frame = self.ltv[self.ltv["cutoff"] == cutoff].copy()
+        index = pd.Series(np.arange(len(self.users)), index=self.users)
+        frame["user_pos"] = index.reindex(frame["user_id"]).to_numpy()
+        return frame[frame["user_pos"].notna()].astype({"user_pos": np.int64}).sort_values("user_id", ignore_index=True)
+
+
+def pad_left(seqs: list[np.ndarray], max_len: int) -> np.ndarray:
+    """Keep the last max_len codes of each sequence, left-padded with 0."""
+    out = np.zeros((len(seqs), max_len), dtype=np.int64)
+    for i, s in enumerate(seqs):
+        s = s[-max_len:]
+        if len(s):
+            out[i, max_len - len(s):] = s
+    return out
+
+
+@dataclass
+class FeatureScaler:
+    """log1p of magnitudes (sign kept), then standardised with the training cut-off's statistics."""
+
+    mean: np.ndarray
+    std: np.ndarray
+
+    @staticmethod
+    def _log(frame: pd.DataFrame) -> np.ndarray:
+        x = frame[LTV_FEATURES].fillna(0.0).to_numpy(dtype=np.float64)
+        return np.sign(x) * np.log1p(np.abs(x))
+
+    @classmethod
+    def fit(cls, frame: pd.DataFrame) -> "FeatureScaler":
+        x = cls._log(frame)
+        return cls(mean=x.mean(axis=0), std=x.std(axis=0) + 1e-6)
+
+    def transform(self, frame: pd.DataFrame) -> np.ndarray:
+        return ((self._log(frame) - self.mean) / self.std).astype(np.float32)
+
+    def to_dict(self) -> dict:
+        return {"mean": self.mean.tolist(), "std": self.std.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FeatureScaler":
+        return cls(mean=np.asarray(d["mean"]), std=np.asarray(d["std"]))

@@ -1,0 +1,130 @@
+"""SASRec-style sequential recommender with a multi-task ZILN lifetime-value head.
+
+One user encoder (causal self-attention over the user's typed events) feeds two heads:
+  * next-item scores: dot product with the (tied) item embedding table, full softmax over the catalogue;
+  * LTV: zero-inflated lognormal parameters (Wang, Liu & Miao, 2019) from the user vector plus RFM features.
+Sequences are left-padded with item 0; padding never reaches a real position through attention.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class ModelConfig:
+    n_items: int  # catalogue size + 1 (index 0 is padding)
+    n_ltv_features: int
+    n_event_types: int = 6  # 0 = padding, then ltvrec.config.EVENT_TYPES
+    max_len: int = 50
+    d_model: int = 64
+    n_heads: int = 2
+    n_layers: int = 2
+    dropout: float = 0.2
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_heads, self.dropout = cfg.n_heads, cfg.dropout
+        self.ln1, self.ln2 = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.mlp = nn.Sequential(
+            nn.Linear(cfg.d_model, 4 * cfg.d_model), nn.GELU(), nn.Linear(4 * cfg.d_model, cfg.d_model), nn.Dropout(cfg.dropout)
+        )
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b, length, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).split(d, dim=2)
+        q, k, v = (t.view(b, length, self.n_heads, d // self.n_heads).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        x = x + self.drop(self.proj(y.transpose(1, 2).reshape(b, length, d)))
+        return x + self.mlp(self.ln2(x))
+
+
+class SeqRecModel(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.item_emb = nn.Embedding(cfg.n_items, cfg.d_model, padding_idx=0)
+        self.type_emb = nn.Embedding(cfg.n_event_types, cfg.d_model, padding_idx=0)
+        self.pos_emb = nn.Embedding(cfg.max_len, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.ln_f = nn.LayerNorm(cfg.d_model)
+        self.ltv_head = nn.Sequential(
+            nn.Linear(cfg.d_model + cfg.n_ltv_features, cfg.d_model), nn.GELU(), nn.Linear(cfg.d_model, 3)
+        )
+        nn.init.normal_(self.item_emb.weight, std=0.02)
+        with torch.no_grad():
+            self.item_emb.weight[0].zero_()
+
+    def encode(self, items: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
+        """(B, L) left-padded item / event-type codes -> (B, L, d) hidden states."""
+        b, length = items.shape
+        valid = items != 0
+        pos = torch.arange(length, device=items.device)
+        x = self.item_emb(items) * math.sqrt(self.cfg.d_model) + self.type_emb(types) + self.pos_emb(pos)
+        x = self.drop(x) * valid.unsqueeze(-1)
+        causal = torch.ones(length, length, dtype=torch.bool, device=items.device).tril()
+        # a position attends to earlier real positions and always to itself (so padded rows stay finite)
+        mask = (causal & valid[:, None, :]) | torch.eye(length, dtype=torch.bool, device=items.device)
+        mask = mask.unsqueeze(1)
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.ln_f(x)
+
+    def item_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Scores of every catalogue item (tied output embeddings); padding gets -inf."""
+        logits = hidden @ self.item_emb.weight.T
+        logits[..., 0] = float("-inf")
+        return logits
+
+    def ltv_params(self, user_vec: torch.Tensor, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """ZILN parameters: purchase logit, lognormal mu and sigma (> 0)."""
+        out = self.ltv_head(torch.cat([user_vec, feats], dim=-1))
+        return out[:, 0], out[:, 1], F.softplus(out[:, 2]) + 1e-3
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Training pass for both tasks; returns the two losses."""
+        h = self.encode(batch["items"], batch["types"])
+        logits = self.item_logits(h).flatten(0, 1)
+        rec_loss = F.cross_entropy(logits, batch["targets"].flatten(), ignore_index=0)
+        hl = self.encode(batch["ltv_items"], batch["ltv_types"])[:, -1]
+        logit, mu, sigma = self.ltv_params(hl, batch["ltv_feats"])
+        ltv_loss = ziln_loss(logit, mu, sigma, batch["ltv_label"], batch["ltv_mask"])
+        return {"rec_loss": rec_loss, "ltv_loss": ltv_loss}
+
+
+def ziln_loss(logit, mu, sigma, y, mask=None) -> torch.Tensor:
+    """Zero-inflated lognormal negative log-likelihood, averaged over (masked) examples.
+
+    classification: BCE(logit, y > 0); regression, for y > 0 only: -log LogNormal(y; mu, sigma).
+    """
+    if mask is None:
+        mask = torch.ones_like(y)
+    positive = (y > 0).to(y.dtype)
+    bce = F.binary_cross_entropy_with_logits(logit, positive, reduction="none")
+    log_y = torch.log(torch.where(y > 0, y, torch.ones_like(y)))
+    nll = log_y + torch.log(sigma) + 0.5 * math.log(2 * math.pi) + (log_y - mu) ** 2 / (2 * sigma**2)
+    per_example = bce + positive * nll
+    return (per_example * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def ziln_expected_value(logit, mu, sigma) -> tuple[torch.Tensor, torch.Tensor]:
+    """(p_active, expected value) with E[y] = p * exp(mu + sigma^2 / 2)."""
+    p = torch.sigmoid(logit)
+    return p, p * torch.exp(mu + 0.5 * sigma**2)
+
+
+def config_dict(cfg: ModelConfig) -> dict:
+    return asdict(cfg)

