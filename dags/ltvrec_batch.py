@@ -25,10 +25,11 @@ LTV_ESTIMATES = Asset("ltvrec://serving/ltv_estimates")
 
 
 def _log_failure(context) -> None:
-    ti = context.get("task_instance")
-    logging.getLogger("ltvrec").error(
-        "ltvrec stage %s failed in run %s: %s", getattr(ti, "task_id", "?"), context.get("run_id"), context.get("exception")
-    )
+    from ltvrec import stages
+
+    task_id, run_id = getattr(context.get("task_instance"), "task_id", "?"), context.get("run_id")
+    logging.getLogger("ltvrec").error("ltvrec stage %s failed in run %s: %s", task_id, run_id, context.get("exception"))
+    stages.record_failure(run_id, task_id, context.get("exception"))
 
 
 default_args = {

@@ -79,7 +79,11 @@ def run(
     code = _airflow(["dags", "test", DAG_ID, "--conf", json.dumps(params)], env)
     summaries = [p for p in (ltvrec_home() / "runs").glob("*/summary.json") if p.stat().st_mtime >= started]
     if code != 0 or not summaries:
-        typer.echo(f"\nltvrec: the DAG run failed (see the task logs above and {ltvrec_home() / 'runs'})", err=True)
+        failures = [p for p in (ltvrec_home() / "runs").glob("*/failed.json") if p.stat().st_mtime >= started]
+        for f in failures:
+            failed = json.loads(f.read_text())
+            typer.echo(f"\nltvrec: stage {failed['stage']} failed ({f.parent}):\n{failed['error']}", err=True)
+        typer.echo(f"\nltvrec: the DAG run failed (task logs above; run folders in {ltvrec_home() / 'runs'})", err=True)
         raise typer.Exit(1)
     _print_results(max(summaries, key=lambda p: p.stat().st_mtime), time.time() - started)
 

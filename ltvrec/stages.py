@@ -58,6 +58,18 @@ def _split(run_dir: Path) -> dict:
     return json.loads((run_dir / "features" / "split.json").read_text())
 
 
+def run_folder(run_id: str) -> Path:
+    """The run folder of an Airflow run id."""
+    return ltvrec_home() / "runs" / re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id)
+
+
+def record_failure(run_id: str, task_id: str, error: object) -> None:
+    """Note a failed stage in its run folder (`failed.json`), for the CLI and for people."""
+    run_dir = run_folder(run_id)
+    if run_dir.exists():
+        (run_dir / "failed.json").write_text(json.dumps({"stage": task_id, "error": str(error), "run_id": run_id}, indent=2))
+
+
 def prepare(params: dict, run_id: str, dag_id: str = "ltvrec_batch") -> str:
     """Validate the config, create the run folder and the run's MLflow run; return the run folder."""
     import mlflow
@@ -65,8 +77,8 @@ def prepare(params: dict, run_id: str, dag_id: str = "ltvrec_batch") -> str:
     from ltvrec.tracking import configure
 
     cfg = RunConfig.from_dict({k: v for k, v in params.items() if v is not None})
-    run_key = re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id)
-    run_dir = ltvrec_home() / "runs" / run_key
+    run_dir = run_folder(run_id)
+    run_key = run_dir.name
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.save(run_dir)
     started = time.time()

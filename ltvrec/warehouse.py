@@ -98,7 +98,7 @@ class DuckDBWarehouse(Warehouse):
 
     def query(self, sql: str, params: tuple = ()) -> pa.Table:
         with self._connect() as con:
-            return con.execute(sql, list(params)).to_arrow_table()
+            return con.sql(sql, params=list(params) or None).to_arrow_table()
 
     def export_parquet(self, schema: str, table: str, path: Path) -> int:
         with self._connect() as con:

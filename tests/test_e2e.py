@@ -1,0 +1,103 @@
+"""The whole DAG, in-process through `airflow dags test`, on tiny synthetic data: warehouse rows, MLflow
+registry, summary.json; a rerun of the same date replaces rows; a failing stage publishes nothing."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+
+pytestmark = pytest.mark.slow
+LTVREC = str(Path(sys.executable).parent / "ltvrec")
+CONF = json.dumps({"synthetic_items": 60, "holdout_days": 21, "horizon_days": 60})
+
+
+def ltvrec(home: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "LTVREC_HOME": str(home)}
+    for key in ("AIRFLOW_HOME", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "MLFLOW_TRACKING_URI"):
+        env.pop(key, None)  # the run must use its own embedded set-up under LTVREC_HOME
+    return subprocess.run([LTVREC, *args], env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    home = tmp_path_factory.mktemp("ltvrec_home")
+    first = ltvrec(home, "run", "--synthetic-users", "250", "--epochs", "2", "--top-n", "5", "--conf", CONF)
+    assert first.returncode == 0, first.stdout[-5000:] + first.stderr[-5000:]
+    assert "select r.user_id" in first.stdout  # prints a query an analyst can paste
+    return home
+
+
+def query(home: Path, sql: str):
+    with duckdb.connect(str(home / "warehouse.duckdb")) as con:
+        return con.sql(sql).fetchall()
+
+
+def test_one_row_per_user_and_rank(home):
+    users_with_events = query(home, "select count(distinct user_id) from marts.fct_events")[0][0]
+    rows = query(home, "select user_id, count(*), min(rank), max(rank), count(distinct item_id) "
+                       "from serving.recommendations group by user_id")
+    assert len(rows) == users_with_events
+    assert all(n == 5 and lo == 1 and hi == 5 and distinct == 5 for _, n, lo, hi, distinct in rows)
+    dup = query(home, "select count(*) from (select run_date, user_id, rank from serving.recommendations "
+                      "group by all having count(*) > 1)")
+    assert dup == [(0,)]
+
+
+def test_recommendations_exclude_seen_items(home):
+    seen = query(home, "select count(*) from serving.recommendations r join marts.fct_events e "
+                       "on r.user_id = e.user_id and r.item_id = e.item_id")
+    assert seen == [(0,)]
+
+
+def test_one_ltv_row_per_customer(home):
+    customers = query(home, "select count(distinct user_id) from marts.fct_events where event_type = 'purchase'")[0][0]
+    rows = query(home, "select count(*), count(distinct user_id), min(p_active), max(p_active), min(expected_value) "
+                       "from serving.ltv_estimates")[0]
+    assert rows[0] == rows[1] == customers
+    assert 0 <= rows[2] <= rows[3] <= 1 and rows[4] >= 0
+
+
+def test_registry_has_a_champion_and_summary_is_complete(home):
+    summary_path = next((home / "runs").glob("*/summary.json"))
+    summary = json.loads(summary_path.read_text())
+    for stage in ("ingest", "dbt_build", "features", "train", "evaluate", "score", "publish"):
+        assert summary["timings_s"][stage] > 0
+    assert summary["rows"]["publish"]["recommendations"] > 0
+    assert {"model", "popularity"} <= set(summary["metrics"]["recommendation"])
+    assert "ndcg_10" in summary["metrics"]["recommendation"]["model"]
+    assert summary["dataset_digest"] and summary["quarantine"]  # the generator's dirt was quarantined
+
+    code = (
+        "import mlflow, json; from mlflow import MlflowClient; "
+        f"mlflow.set_tracking_uri('sqlite:///{home}/mlflow.db'); c = MlflowClient(); "
+        "v = c.get_model_version_by_alias('ltvrec', 'champion'); r = mlflow.get_run(v.run_id); "
+        "print(json.dumps({'version': v.version, 'metrics': sorted(r.data.metrics), 'artifacts': [a.path for a in c.list_artifacts(v.run_id)]}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    info = json.loads(out.stdout.strip().splitlines()[-1])
+    assert str(info["version"]) == "1"
+    assert {"test_model_ndcg_10", "test_popularity_ndcg_10", "val_ndcg_10", "rec_loss"} <= set(info["metrics"])
+    assert "summary.json" in info["artifacts"] and "evaluation" in info["artifacts"]
+
+
+def test_rerun_of_the_same_date_replaces_rows(home):
+    before = query(home, "select run_date, count(*) from serving.recommendations group by run_date")
+    again = ltvrec(home, "run", "--synthetic-users", "250", "--epochs", "1", "--top-n", "5", "--conf", CONF)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    after = query(home, "select run_date, count(*), max(model_version) from serving.recommendations group by run_date")
+    assert [(d, n) for d, n, _ in after] == before
+    assert after[0][2] == "2"  # the new champion's rows replaced the old ones
+
+
+def test_a_failing_stage_publishes_nothing(home, tmp_path):
+    bad = tmp_path / "events.csv"
+    bad.write_text("user_id,item_id,event_type,event_ts,quantity,unit_price\nu1,i1,view,not-a-date,1,1\n")
+    before = query(home, "select count(*), max(generated_at) from serving.recommendations")
+    result = ltvrec(home, "run", "--source", "events", "--path", str(bad))
+    assert result.returncode == 1
+    assert "stage ingest failed" in result.stderr and "column 'event_ts' row 1" in result.stderr
+    assert query(home, "select count(*), max(generated_at) from serving.recommendations") == before

@@ -1,0 +1,65 @@
+import math
+
+import pytest
+import torch
+
+from models.sasrec import ModelConfig, SeqRecModel, ziln_expected_value, ziln_loss
+
+
+def make_model(**kw):
+    torch.manual_seed(0)
+    model = SeqRecModel(ModelConfig(n_items=30, n_ltv_features=4, max_len=8, d_model=16, n_heads=2, n_layers=2, **kw))
+    return model.eval()
+
+
+def test_shapes():
+    model = make_model()
+    items = torch.randint(1, 30, (3, 8))
+    types = torch.randint(1, 6, (3, 8))
+    h = model.encode(items, types)
+    assert h.shape == (3, 8, 16)
+    logits = model.item_logits(h)
+    assert logits.shape == (3, 8, 30) and torch.isinf(logits[..., 0]).all()
+    logit, mu, sigma = model.ltv_params(h[:, -1], torch.zeros(3, 4))
+    assert logit.shape == mu.shape == sigma.shape == (3,) and (sigma > 0).all()
+
+
+def test_future_items_never_influence_past_positions():
+    model = make_model()
+    items = torch.tensor([[0, 0, 3, 4, 5, 6, 7, 8]])
+    types = torch.tensor([[0, 0, 1, 1, 3, 1, 2, 3]])
+    changed = items.clone()
+    changed[0, 5:] = torch.tensor([20, 21, 22])
+    a, b = model.encode(items, types), model.encode(changed, types)
+    assert torch.allclose(a[0, :5], b[0, :5], atol=1e-6)
+    assert not torch.allclose(a[0, 5:], b[0, 5:])
+
+
+def test_padding_is_ignored_and_finite():
+    model = make_model()
+    items = torch.tensor([[0, 0, 0, 0, 0, 3, 4, 5]])
+    types = torch.tensor([[0, 0, 0, 0, 0, 1, 1, 1]])
+    h = model.encode(items, types)
+    assert torch.isfinite(h).all()
+    # an all-padding row (a customer with no usable history) must stay finite too
+    empty = model.encode(torch.zeros(1, 8, dtype=torch.long), torch.zeros(1, 8, dtype=torch.long))
+    assert torch.isfinite(empty).all()
+
+
+def test_ziln_loss_hand_computed():
+    logit = torch.tensor([0.0, 0.0])
+    mu = torch.tensor([0.0, 1.0])
+    sigma = torch.tensor([1.0, 2.0])
+    y = torch.tensor([0.0, math.e])
+    # example 1: y = 0 -> BCE(0, target 0) = log 2; example 2: log 2 + lognormal NLL
+    nll = 1.0 + math.log(2.0) + 0.5 * math.log(2 * math.pi) + (1.0 - 1.0) ** 2 / 8
+    expected = (math.log(2) + math.log(2) + nll) / 2
+    assert ziln_loss(logit, mu, sigma, y).item() == pytest.approx(expected, abs=1e-6)
+    masked = ziln_loss(logit, mu, sigma, y, mask=torch.tensor([1.0, 0.0]))
+    assert abs(masked.item() - math.log(2)) < 1e-6
+
+
+def test_ziln_expectation():
+    p, ev = ziln_expected_value(torch.tensor([0.0]), torch.tensor([1.0]), torch.tensor([0.5]))
+    assert abs(p.item() - 0.5) < 1e-7
+    assert abs(ev.item() - 0.5 * math.exp(1.0 + 0.125)) < 1e-5
