@@ -157,6 +157,7 @@ def ui(which: str = typer.Argument(..., help="mlflow or airflow"), port: Optiona
     if which == "airflow":
         _ensure_airflow_db(env)
         env["AIRFLOW__API__PORT"] = str(port or 8080)
+        env.setdefault("AIRFLOW__API__HOST", "127.0.0.1")
         typer.echo(f"Airflow on http://127.0.0.1:{port or 8080} (login printed below; password in "
                    f"{env['AIRFLOW_HOME']}/simple_auth_manager_passwords.json.generated)")
         raise typer.Exit(_airflow(["standalone"], env))

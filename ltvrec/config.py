@@ -73,7 +73,7 @@ class RunConfig:
     ltv_weight: float = 1.0
     nproc: int = 2
     # registry
-    model_name: str = "ltvrec"
+    model_name: str | None = None  # registered model; default "ltvrec-<source>", one champion per data source
     experiment: str = "ltvrec"
 
     def __post_init__(self) -> None:
@@ -115,6 +115,10 @@ class RunConfig:
     @property
     def resolved_warehouse_url(self) -> str:
         return self.warehouse_url or default_warehouse_url()
+
+    @property
+    def registered_model(self) -> str:
+        return self.model_name or f"ltvrec-{self.source.replace('_', '-')}"
 
     @property
     def resolved_spark_master(self) -> str:

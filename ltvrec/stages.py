@@ -233,7 +233,7 @@ def evaluate(run_dir: Path) -> dict:
     out = run_dir / "evaluation"
     out.mkdir(exist_ok=True)
     table.to_csv(out / "model_comparison.csv", index=False)
-    (out / "model_comparison.md").write_text(table.to_markdown(index=False) if _has_tabulate() else table.to_string())
+    (out / "model_comparison.md").write_text(table.to_markdown(index=False))
     metrics = {f"test_{m}_{k}": v for m, vals in rec.items() if not m.startswith("_") for k, v in vals.items()}
     metrics |= {f"ltv_{m}_{k}": v for m, vals in ltv.items() for k, v in vals.items()}
     tracking_setup(cfg)
@@ -241,14 +241,6 @@ def evaluate(run_dir: Path) -> dict:
         mlflow.log_metrics({k: v for k, v in metrics.items() if pd.notna(v)})
         mlflow.log_artifacts(str(out), artifact_path="evaluation")
     return {"metrics": {"recommendation": rec, "ltv": ltv}}
-
-
-def _has_tabulate() -> bool:
-    try:
-        import tabulate  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def tracking_setup(cfg: RunConfig) -> None:
@@ -267,17 +259,17 @@ def register(run_dir: Path) -> dict:
     tracking_setup(cfg)
     result = json.loads((run_dir / "train" / "result.json").read_text())
     evaluation = json.loads((run_dir / "stages" / "evaluate.json").read_text())["metrics"]
-    version = mlflow.register_model(result["model_uri"], cfg.model_name,
+    version = mlflow.register_model(result["model_uri"], cfg.registered_model,
                                     tags={"airflow_run": run_dir.name, "mlflow_run_id": _mlflow_run_id(run_dir)})
     client = MlflowClient()
     rec = evaluation["recommendation"]
     for key, value in {"test_ndcg_10": rec.get("model", {}).get("ndcg_10"),
                        "popularity_ndcg_10": rec.get("popularity", {}).get("ndcg_10")}.items():
         if value is not None:
-            client.set_model_version_tag(cfg.model_name, version.version, key, f"{value:.6f}")
-    client.set_registered_model_alias(cfg.model_name, "champion", version.version)
-    client.set_model_version_tag(cfg.model_name, version.version, "promotion", "promoted to @champion")
-    info = {"model_name": cfg.model_name, "version": str(version.version), "alias": "champion"}
+            client.set_model_version_tag(cfg.registered_model, version.version, key, f"{value:.6f}")
+    client.set_registered_model_alias(cfg.registered_model, "champion", version.version)
+    client.set_model_version_tag(cfg.registered_model, version.version, "promotion", "promoted to @champion")
+    info = {"model_name": cfg.registered_model, "version": str(version.version), "alias": "champion"}
     (run_dir / "registry.json").write_text(json.dumps(info))
     return info
 
@@ -294,8 +286,8 @@ def score(run_dir: Path) -> dict:
 
     cfg = RunConfig.load(run_dir)
     tracking_setup(cfg)
-    champion = MlflowClient().get_model_version_by_alias(cfg.model_name, "champion")
-    loaded = LoadedModel.from_registry(f"models:/{cfg.model_name}@champion")
+    champion = MlflowClient().get_model_version_by_alias(cfg.registered_model, "champion")
+    loaded = LoadedModel.from_registry(f"models:/{cfg.registered_model}@champion")
     fs = FeatureSet.load(run_dir / "features")
     recs, ltv = score_recommendations(fs, loaded, cfg.top_n), score_ltv(fs, loaded)
     run_date = fs.split["as_of"]
@@ -310,7 +302,7 @@ def score(run_dir: Path) -> dict:
         return pa.table(cols)
 
     recs = with_meta(recs, ["run_date", "user_id", "rank", "item_id", "score", "model_name", "model_version",
-                            "mlflow_run_id", "generated_at"], {"model_name": pa.scalar(cfg.model_name)})
+                            "mlflow_run_id", "generated_at"], {"model_name": pa.scalar(cfg.registered_model)})
     ltv = with_meta(ltv, ["run_date", "user_id", "horizon_days", "p_active", "expected_value", "model_version",
                           "mlflow_run_id", "generated_at"], {"horizon_days": pa.scalar(cfg.horizon_days, pa.int32())})
     out = run_dir / "scores"

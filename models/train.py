@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from ltvrec.config import RunConfig
-from models.data import RETURN_CODE, FeatureScaler, FeatureSet, epoch, pad_left
+from models.data import LTV_FEATURES, RETURN_CODE, FeatureScaler, FeatureSet, epoch, pad_left
 from models.metrics import ranking_metrics
 from models.ranking import model_topk
 from models.sasrec import ModelConfig, SeqRecModel
@@ -125,8 +125,9 @@ def main(argv: list[str] | None = None) -> None:
     np.random.seed(cfg.seed + rank)
 
     fs = FeatureSet.load(run_dir / "features")
-    scaler = FeatureScaler.fit(fs.ltv_frame("train")) if len(fs.ltv_frame("train")) else FeatureScaler(
-        mean=np.zeros(14), std=np.ones(14))
+    train_ltv = fs.ltv_frame("train")
+    scaler = FeatureScaler.fit(train_ltv) if len(train_ltv) else FeatureScaler(
+        mean=np.zeros(len(LTV_FEATURES)), std=np.ones(len(LTV_FEATURES)))
     data = TrainingExamples(fs, cfg, scaler)
     mcfg = ModelConfig(n_items=fs.n_items, n_ltv_features=len(scaler.mean), max_len=cfg.max_seq_len,
                        d_model=cfg.d_model, n_heads=cfg.n_heads, n_layers=cfg.n_layers, dropout=cfg.dropout)

@@ -74,7 +74,7 @@ def test_registry_has_a_champion_and_summary_is_complete(home):
     code = (
         "import mlflow, json; from mlflow import MlflowClient; "
         f"mlflow.set_tracking_uri('sqlite:///{home}/mlflow.db'); c = MlflowClient(); "
-        "v = c.get_model_version_by_alias('ltvrec', 'champion'); r = mlflow.get_run(v.run_id); "
+        "v = c.get_model_version_by_alias('ltvrec-synthetic', 'champion'); r = mlflow.get_run(v.run_id); "
         "print(json.dumps({'version': v.version, 'metrics': sorted(r.data.metrics), 'artifacts': [a.path for a in c.list_artifacts(v.run_id)]}))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
