@@ -56,6 +56,7 @@ def run(
     as_of: Optional[str] = typer.Option(None, help="YYYY-MM-DD; default: day of the last event"),
     top_n: int = typer.Option(10, help="recommendations per user"),
     horizon_days: int = typer.Option(90, help="LTV horizon H in days"),
+    eval_protocol: str = typer.Option("temporal", help="temporal (global time cut-off) or leave_one_out"),
     epochs: Optional[int] = typer.Option(None, help="maximum training epochs (early stopping decides)"),
     nproc: Optional[int] = typer.Option(None, help="torchrun processes"),
     synthetic_users: Optional[int] = typer.Option(None, help="users for --source synthetic"),
@@ -65,7 +66,7 @@ def run(
     """Run the ltvrec_batch DAG in-process (`airflow dags test`) on a data source."""
     params = {"source": source, "path": str(Path(path).resolve()) if path else None,
               "items_path": str(Path(items_path).resolve()) if items_path else None, "as_of": as_of,
-              "top_n": top_n, "horizon_days": horizon_days, "epochs": epochs, "nproc": nproc,
+              "top_n": top_n, "horizon_days": horizon_days, "eval_protocol": eval_protocol, "epochs": epochs, "nproc": nproc,
               "synthetic_users": synthetic_users, "warehouse_url": warehouse_url}
     params = {k: v for k, v in params.items() if v is not None} | (json.loads(conf) if conf else {})
     try:
@@ -132,7 +133,8 @@ def sql(query: str = typer.Argument(..., help="SQL to run on the warehouse"),
 @app.command()
 def demo(users: int = typer.Option(2000, help="synthetic users")) -> None:
     """The whole DAG on the project's synthetic data, on the embedded defaults."""
-    run(source="synthetic", path=None, items_path=None, as_of=None, top_n=10, horizon_days=90, epochs=None,
+    run(source="synthetic", path=None, items_path=None, as_of=None, top_n=10, horizon_days=90,
+        eval_protocol="temporal", epochs=None,
         nproc=None, synthetic_users=users, warehouse_url=None, conf=None)
 
 

@@ -50,6 +50,7 @@ class RunConfig:
     top_n: int = 10
     horizon_days: int = 90
     holdout_days: int = 14
+    eval_protocol: str = "temporal"  # or leave_one_out (each user's last event is test)
     max_quarantine_share: float = 0.5  # gate: share of raw events dbt may reject
     warehouse_url: str | None = None
     spark_master: str | None = None
@@ -88,6 +89,8 @@ class RunConfig:
             raise ValueError(f"config key 'source': {self.source!r} is not one of {', '.join(SOURCES)}")
         if self.source != "synthetic" and not self.path:
             raise ValueError(f"source {self.source!r} needs a path (--path)")
+        if self.eval_protocol not in ("temporal", "leave_one_out"):
+            raise ValueError(f"config key 'eval_protocol': {self.eval_protocol!r} is not temporal or leave_one_out")
         if self.as_of is not None and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", self.as_of):
             raise ValueError(f"config key 'as_of': expected YYYY-MM-DD, got {self.as_of!r}")
         for key in ("top_n", "horizon_days", "holdout_days", "nproc", "epochs", "batch_size"):

@@ -25,7 +25,7 @@ from ltvrec.config import PROJECT_ROOT, RunConfig, ltvrec_home, mlflow_tracking_
 
 log = logging.getLogger("ltvrec")
 STAGE_ORDER = ["prepare", "ingest", "gate_raw", "dbt_build", "gate_cleaned", "features", "gate_features",
-               "train", "evaluate", "register", "score", "gate_scores", "publish"]
+               "train", "als_baseline", "evaluate", "register", "score", "gate_scores", "publish"]
 
 
 def stage(fn):
@@ -177,14 +177,10 @@ def features(run_dir: Path) -> dict:
     marts = run_dir / "marts"
     marts.mkdir(exist_ok=True)
     rows = {t: wh.export_parquet("marts", t, marts / f"{t}.parquet") for t in ("fct_events", "dim_items")}
-    cmd = [_bin("spark-submit"), "--master", cfg.resolved_spark_master, "--driver-memory", "2g",
-           "--conf", "spark.sql.shuffle.partitions=8", "--conf", "spark.ui.enabled=false",
-           str(PROJECT_ROOT / "jobs" / "features.py"), "--events", str(marts / "fct_events.parquet"),
-           "--items", str(marts / "dim_items.parquet"), "--out", str(run_dir / "features"),
-           "--horizon-days", str(cfg.horizon_days), "--holdout-days", str(cfg.holdout_days)]
-    if cfg.as_of:
-        cmd += ["--as-of", cfg.as_of]
-    _run(cmd, {"PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable})
+    args = ["--events", str(marts / "fct_events.parquet"), "--items", str(marts / "dim_items.parquet"),
+            "--out", str(run_dir / "features"), "--horizon-days", str(cfg.horizon_days),
+            "--holdout-days", str(cfg.holdout_days)]
+    _spark_submit(cfg, "features.py", args + (["--as-of", cfg.as_of] if cfg.as_of else []))
     out = run_dir / "features"
     ltv = pq.read_table(out / "ltv_features", columns=["cutoff"]).to_pandas()["cutoff"].value_counts().to_dict()
     return {"rows": {**rows, "items": pq.ParquetDataset(out / "items").read(columns=["item_idx"]).num_rows,
@@ -213,18 +209,55 @@ def train(run_dir: Path) -> dict:
 
 
 @stage
+def als_baseline(run_dir: Path) -> dict:
+    """Fit the Spark MLlib ALS baseline on every user's test-input history (spark-submit)."""
+    import numpy as np
+    import pyarrow as pa
+
+    from models.data import FeatureSet, Protocol
+
+    cfg = RunConfig.load(run_dir)
+    fs = FeatureSet.load(run_dir / "features")
+    protocol = Protocol.build(fs, cfg.eval_protocol)
+    users = np.arange(len(fs.users))
+    items, _ = fs.prefixes(protocol.valid_end, users)
+    pairs = pd.DataFrame({"user_pos": np.repeat(users, [len(i) for i in items]).astype(np.int32),
+                          "item_idx": np.concatenate(items).astype(np.int32)})
+    weights = pairs.value_counts().rename("weight").reset_index().astype({"weight": np.float32})
+    out = run_dir / "als"
+    out.mkdir(exist_ok=True)
+    pq.write_table(pa.Table.from_pandas(weights, preserve_index=False), out / "interactions.parquet")
+    _spark_submit(cfg, "als_baseline.py", ["--interactions", str(out / "interactions.parquet"), "--out", str(out)])
+    return {"rows": {"als_interactions": len(weights)}}
+
+
+def _als_factors(run_dir: Path, n_users: int, n_items: int):
+    """(user vectors by user position, item vectors by item index with row 0 = padding), zeros where missing."""
+    import numpy as np
+
+    def load(name: str, n: int) -> np.ndarray:
+        frame = pq.ParquetDataset(run_dir / "als" / name).read().to_pandas()
+        out = np.zeros((n, len(frame["features"].iloc[0])), dtype=np.float32)
+        out[frame["id"].to_numpy()] = np.stack(frame["features"].to_numpy())
+        return out
+
+    return load("user_factors", n_users), load("item_factors", n_items)
+
+
+@stage
 def evaluate(run_dir: Path) -> dict:
     """Test metrics for the trained model and the baselines, logged to the run's MLflow run."""
     import mlflow
 
     from models.checkpoint import LoadedModel
-    from models.data import FeatureSet
+    from models.data import FeatureSet, Protocol
     from models.evaluate import evaluate_ltv, evaluate_recommendations
 
     cfg = RunConfig.load(run_dir)
     fs = FeatureSet.load(run_dir / "features")
     loaded = LoadedModel.from_file(run_dir / "train" / "best.pt")
-    rec = evaluate_recommendations(fs, loaded)
+    rec = evaluate_recommendations(fs, loaded, Protocol.build(fs, cfg.eval_protocol),
+                                   factors=_als_factors(run_dir, len(fs.users), fs.n_items))
     ltv = evaluate_ltv(fs, loaded)
     table = pd.DataFrame(
         [{"task": "recommendation", "model": m, **v} for m, v in rec.items() if not m.startswith("_")]
@@ -364,6 +397,14 @@ def finalize(run_dir: str) -> dict:
     with mlflow.start_run(run_id=summary["mlflow_run_id"]):
         mlflow.log_artifact(str(run_dir / "summary.json"))
     return summary
+
+
+def _spark_submit(cfg: RunConfig, job: str, args: list[str]) -> None:
+    """spark-submit a job of jobs/ to the configured master (local[2] by default)."""
+    cmd = [_bin("spark-submit"), "--master", cfg.resolved_spark_master, "--driver-memory", "2g",
+           "--conf", "spark.sql.shuffle.partitions=8", "--conf", "spark.ui.enabled=false",
+           str(PROJECT_ROOT / "jobs" / job), *args]
+    _run(cmd, {"PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable})
 
 
 def _run(cmd: list[str], extra_env: dict[str, str]) -> None:

@@ -77,12 +77,13 @@ class FeatureSet:
                 tys.append(self.types[u][:n])
         return np.asarray(pos, dtype=np.int64), its, tys
 
-    def holdout(self, start: int, end: int) -> tuple[np.ndarray, list[set[int]]]:
-        """Users with history before `start` and new (unseen) non-return items in [start, end): their targets."""
+    def holdout(self, start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, list[set[int]]]:
+        """Users with history before their `start` event and new (unseen) non-return items in events
+        [start, end) (per-user event positions): their positions and target sets."""
         users, targets = [], []
         for u in range(len(self.users)):
-            a, b = self.cut(u, start), self.cut(u, end)
-            if a == 0 or b == a:
+            a, b = int(start[u]), int(end[u])
+            if a == 0 or b <= a:
                 continue
             window = self.items[u][a:b][self.types[u][a:b] != RETURN_CODE]
             new = set(window.tolist()) - set(self.items[u][:a].tolist())
@@ -91,12 +92,38 @@ class FeatureSet:
                 targets.append(new)
         return np.asarray(users, dtype=np.int64), targets
 
+    def prefixes(self, ends: np.ndarray, users: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Items and types of each given user's first ends[u] events."""
+        return [self.items[u][: ends[u]] for u in users], [self.types[u][: ends[u]] for u in users]
+
     def ltv_frame(self, cutoff: str) -> pd.DataFrame:
         """LTV rows of one cut-off ('train', 'eval' or 'score'), with the user's sequence position."""
         frame = self.ltv[self.ltv["cutoff"] == cutoff].copy()
         index = pd.Series(np.arange(len(self.users)), index=self.users)
         frame["user_pos"] = index.reindex(frame["user_id"]).to_numpy()
         return frame[frame["user_pos"].notna()].astype({"user_pos": np.int64}).sort_values("user_id", ignore_index=True)
+
+
+@dataclass
+class Protocol:
+    """Per-user event positions of an evaluation protocol: events [0, train_end) train the model,
+    [train_end, valid_end) is the validation window and [valid_end, test_end) the test window."""
+
+    name: str
+    train_end: np.ndarray
+    valid_end: np.ndarray
+    test_end: np.ndarray
+
+    @classmethod
+    def build(cls, fs: FeatureSet, name: str) -> "Protocol":
+        lengths = np.array([len(x) for x in fs.items], dtype=np.int64)
+        if name == "temporal":  # global time cut-offs; the production default
+            cuts = [np.array([fs.cut(u, epoch(fs.split[key])) for u in range(len(lengths))], dtype=np.int64)
+                    for key in ("valid_start", "test_start", "end")]
+            return cls(name, *cuts)
+        if name == "leave_one_out":  # each user's last event is test, the one before validation
+            return cls(name, np.maximum(lengths - 2, 0), np.maximum(lengths - 1, 0), lengths)
+        raise ValueError(f"unknown evaluation protocol {name!r}: use temporal or leave_one_out")
 
 
 def pad_left(seqs: list[np.ndarray], max_len: int) -> np.ndarray:

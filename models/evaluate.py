@@ -1,7 +1,8 @@
 """Evaluate a trained model and the baselines on held-out data, with the same code for every model.
 
-Recommendations: the test window [test_start, end); input = each user's history before test_start; targets
-= items new to the user in the window; full ranking over the catalogue with seen items excluded.
+Recommendations: the protocol's test window (temporal: [test_start, end); leave_one_out: each user's last
+event); input = each user's history before it; targets = items new to the user in the window; full ranking
+over the catalogue with seen items excluded.
 LTV: features at the `eval` cut-off (D - H) against actual net spend in [D - H, D).
 """
 
@@ -11,9 +12,9 @@ import numpy as np
 import torch
 
 from models.checkpoint import LoadedModel
-from models.data import FeatureSet, epoch, pad_left
+from models.data import FeatureSet, Protocol, epoch, pad_left
 from models.metrics import ltv_metrics, ranking_metrics
-from models.ranking import model_topk, popularity_topk
+from models.ranking import factor_topk, model_topk, popularity_topk
 from models.sasrec import ziln_expected_value
 
 KS = (10, 20)
@@ -25,33 +26,34 @@ def remap(fs: FeatureSet, loaded: LoadedModel) -> np.ndarray:
     return np.array([0] + [model_index.get(i, 0) for i in fs.item_ids], dtype=np.int64)
 
 
-def model_histories(fs: FeatureSet, loaded: LoadedModel, before: int, users=None):
-    """Histories before a cut-off, in the model's item indices (unknown items dropped)."""
-    pos, its, tys = fs.histories(before, users)
+def to_model_index(fs: FeatureSet, loaded: LoadedModel, items: list[np.ndarray], types: list[np.ndarray]):
+    """Histories in the model's item indices (items the model does not know are dropped)."""
     m = remap(fs, loaded)
-    mapped = [(m[i][m[i] > 0], t[m[i] > 0]) for i, t in zip(its, tys)]
-    return pos, [a for a, _ in mapped], [b for _, b in mapped], its
+    keep = [m[i] > 0 for i in items]
+    return [m[i][k] for i, k in zip(items, keep)], [t[k] for t, k in zip(types, keep)]
 
 
-def evaluate_recommendations(fs: FeatureSet, loaded: LoadedModel) -> dict[str, dict[str, float]]:
-    start, end = epoch(fs.split["test_start"]), epoch(fs.split["end"])
-    users, targets = fs.holdout(start, end)
+def evaluate_recommendations(fs: FeatureSet, loaded: LoadedModel, protocol: Protocol,
+                             factors: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, dict[str, float]]:
+    """Test-window metrics of the model, popularity and (when given, ALS) factor baselines."""
+    users, targets = fs.holdout(protocol.valid_end, protocol.test_end)
     if len(users) == 0:
         return {}
-    _, its, tys, own = model_histories(fs, loaded, start, users)
+    own_items, own_types = fs.prefixes(protocol.valid_end, users)
+    its, tys = to_model_index(fs, loaded, own_items, own_types)
     topk_model, _, _ = model_topk(loaded.model, its, tys, k=max(KS))
-    # model indices -> this run's indices, for comparison with targets
     run_index = {item: i + 1 for i, item in enumerate(fs.item_ids)}
     to_run = np.array([0] + [run_index.get(i, 0) for i in loaded.item_ids], dtype=np.int64)
-    topk_model = to_run[topk_model]
-    counts = np.bincount(np.concatenate(own), minlength=fs.n_items).astype(float)
-    topk_pop = popularity_topk(counts, own, k=max(KS))
     n = fs.n_items - 1
-    return {
-        "model": ranking_metrics(topk_model, targets, KS, n),
-        "popularity": ranking_metrics(topk_pop, targets, KS, n),
-        "_users": {"n_test_users": float(len(users))},
-    }
+    results = {"model": ranking_metrics(to_run[topk_model], targets, KS, n)}
+    counts = np.bincount(np.concatenate(own_items), minlength=fs.n_items).astype(float)
+    results["popularity"] = ranking_metrics(popularity_topk(counts, own_items, k=max(KS)), targets, KS, n)
+    if factors is not None:
+        user_vecs, item_vecs = factors
+        topk_als = factor_topk(torch.as_tensor(user_vecs[users]), torch.as_tensor(item_vecs), own_items, k=max(KS))
+        results["als"] = ranking_metrics(topk_als, targets, KS, n)
+    results["_users"] = {"n_test_users": float(len(users))}
+    return results
 
 
 @torch.no_grad()
@@ -60,7 +62,8 @@ def predict_ltv(fs: FeatureSet, loaded: LoadedModel, cutoff: str):
     frame = fs.ltv_frame(cutoff)
     if frame.empty:
         return frame, np.zeros(0), np.zeros(0)
-    _, its, tys, _ = model_histories(fs, loaded, epoch(fs.split["ltv_cutoffs"][cutoff]), frame["user_pos"].to_numpy())
+    _, own_items, own_types = fs.histories(epoch(fs.split["ltv_cutoffs"][cutoff]), frame["user_pos"].to_numpy())
+    its, tys = to_model_index(fs, loaded, own_items, own_types)
     feats = torch.as_tensor(loaded.scaler.transform(frame))
     p_all, ev_all = [], []
     for s in range(0, len(frame), 2048):

@@ -52,3 +52,15 @@ def popularity_topk(counts: np.ndarray, seen: list[np.ndarray], k: int, chunk: i
         mask_seen(scores, part)
         out.append(scores.topk(k, dim=1).indices.numpy())
     return np.concatenate(out) if out else np.zeros((0, k), np.int64)
+
+
+@torch.no_grad()
+def factor_topk(user_vecs: torch.Tensor, item_vecs: torch.Tensor, seen: list[np.ndarray], k: int, chunk: int = 1024):
+    """Top-k by dot product of user and item factors (ALS); row 0 of item_vecs is padding."""
+    k = min(k, len(item_vecs) - 1)
+    out = []
+    for start in range(0, len(seen), chunk):
+        scores = user_vecs[start : start + chunk].float() @ item_vecs.float().T
+        mask_seen(scores, seen[start : start + chunk])
+        out.append(scores.topk(k, dim=1).indices.numpy())
+    return np.concatenate(out) if out else np.zeros((0, k), np.int64)

@@ -7,13 +7,14 @@ import pyarrow as pa
 
 from models.checkpoint import LoadedModel
 from models.data import FeatureSet, epoch
-from models.evaluate import model_histories, predict_ltv
+from models.evaluate import predict_ltv, to_model_index
 from models.ranking import model_topk
 
 
 def score_recommendations(fs: FeatureSet, loaded: LoadedModel, top_n: int) -> pa.Table:
     """One row per user and rank (fewer ranks only where a user has seen nearly every item)."""
-    pos, its, tys, _ = model_histories(fs, loaded, epoch(fs.split["end"]))
+    pos, own_items, own_types = fs.histories(epoch(fs.split["end"]))
+    its, tys = to_model_index(fs, loaded, own_items, own_types)
     topk, scores, _ = model_topk(loaded.model, its, tys, k=top_n)
     keep = np.isfinite(scores)  # -inf: nothing unseen left to recommend at that rank
     n_rank = topk.shape[1]

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from ltvrec.config import RunConfig
-from models.data import LTV_FEATURES, RETURN_CODE, FeatureScaler, FeatureSet, epoch, pad_left
+from models.data import LTV_FEATURES, RETURN_CODE, FeatureScaler, FeatureSet, Protocol, epoch, pad_left
 from models.metrics import ranking_metrics
 from models.ranking import model_topk
 from models.sasrec import ModelConfig, SeqRecModel
@@ -38,13 +38,11 @@ from models.sasrec import ModelConfig, SeqRecModel
 class TrainingExamples(Dataset):
     """Next-item chunks of the users' pre-validation sequences, paired round-robin with LTV examples."""
 
-    def __init__(self, fs: FeatureSet, cfg: RunConfig, scaler: FeatureScaler):
+    def __init__(self, fs: FeatureSet, cfg: RunConfig, scaler: FeatureScaler, protocol: Protocol):
         length = cfg.max_seq_len
-        valid_start = epoch(fs.split["valid_start"])
         inputs, types, targets = [], [], []
         for u in range(len(fs.users)):
-            n = fs.cut(u, valid_start)
-            end = n
+            end = int(protocol.train_end[u])
             while end >= 2:  # chunks of length+1 from the end; consecutive chunks share one event
                 start = max(0, end - (length + 1))
                 its, tys = fs.items[u][start:end], fs.types[u][start:end]
@@ -53,7 +51,8 @@ class TrainingExamples(Dataset):
                 inputs.append(its[:-1]), types.append(tys[:-1]), targets.append(target)
                 end = start + 1 if start > 0 else 0
         if not inputs:
-            raise ValueError("no user has two events before the validation window: nothing to train on")
+            raise ValueError(f"no user has two events before the validation window ({protocol.name} protocol): "
+                             "nothing to train on")
         self.items = torch.as_tensor(pad_left(inputs, length))
         self.types = torch.as_tensor(pad_left(types, length))
         self.targets = torch.as_tensor(pad_left(targets, length))
@@ -84,14 +83,13 @@ class TrainingExamples(Dataset):
         }
 
 
-def validate(model: SeqRecModel, fs: FeatureSet, max_users: int = 5000) -> dict[str, float]:
+def validate(model: SeqRecModel, fs: FeatureSet, protocol: Protocol, max_users: int = 5000) -> dict[str, float]:
     """Full-ranking NDCG/HR@10 on the validation window (seen items excluded)."""
-    start, end = epoch(fs.split["valid_start"]), epoch(fs.split["test_start"])
-    users, targets = fs.holdout(start, end)
+    users, targets = fs.holdout(protocol.train_end, protocol.valid_end)
     users, targets = users[:max_users], targets[:max_users]
     if len(users) == 0:
         return {}
-    _, its, tys = fs.histories(start, users)
+    its, tys = fs.prefixes(protocol.train_end, users)
     topk, _, _ = model_topk(model, its, tys, k=10)
     return ranking_metrics(topk, targets, ks=(10,))
 
@@ -128,7 +126,8 @@ def main(argv: list[str] | None = None) -> None:
     train_ltv = fs.ltv_frame("train")
     scaler = FeatureScaler.fit(train_ltv) if len(train_ltv) else FeatureScaler(
         mean=np.zeros(len(LTV_FEATURES)), std=np.ones(len(LTV_FEATURES)))
-    data = TrainingExamples(fs, cfg, scaler)
+    protocol = Protocol.build(fs, cfg.eval_protocol)
+    data = TrainingExamples(fs, cfg, scaler, protocol)
     mcfg = ModelConfig(n_items=fs.n_items, n_ltv_features=len(scaler.mean), max_len=cfg.max_seq_len,
                        d_model=cfg.d_model, n_heads=cfg.n_heads, n_layers=cfg.n_layers, dropout=cfg.dropout)
     model = SeqRecModel(mcfg).to(device)
@@ -148,7 +147,8 @@ def main(argv: list[str] | None = None) -> None:
         model = DDP(model, device_ids=[local_rank] if use_cuda else None)
 
     sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed) if ddp else None
-    loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler, drop_last=False)
+    # the global batch is cfg.batch_size whatever the world size, so N processes follow 1 process's recipe
+    loader = DataLoader(data, batch_size=max(1, cfg.batch_size // world), shuffle=sampler is None, sampler=sampler)
     mlflow_run_id = json.loads((run_dir / "mlflow.json").read_text())["run_id"] if master else None
     tracking = _mlflow_run(mlflow_run_id) if master else nullcontext()
     t_start = time.time()
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
             seconds = time.time() - t0
             stop = torch.zeros(1)
             if master:
-                val = validate(raw_model, fs)
+                val = validate(raw_model, fs, protocol)
                 ndcg = val.get("ndcg_10", 0.0)
                 state["epoch"] = ep + 1
                 improved = ndcg > state["best_ndcg"]

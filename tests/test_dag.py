@@ -30,9 +30,11 @@ def test_stage_order(dagbag):
     dag = dagbag.dags["ltvrec_batch"]
     order = ["prepare", "ingest", "gate_raw", "dbt_build", "gate_cleaned", "features", "gate_features", "train",
              "evaluate", "register", "score", "gate_scores", "publish", "summarize"]
-    assert set(dag.task_ids) == set(order)
+    assert set(dag.task_ids) == set(order) | {"als_baseline"}
     for upstream, downstream in zip(order, order[1:]):
-        assert dag.get_task(downstream).upstream_task_ids == {upstream}
+        expected = {upstream, "als_baseline"} if downstream == "evaluate" else {upstream}
+        assert dag.get_task(downstream).upstream_task_ids == expected
+    assert dag.get_task("als_baseline").upstream_task_ids == {"gate_features"}
 
 
 def test_publish_declares_the_serving_assets(dagbag):

@@ -67,7 +67,7 @@ def test_registry_has_a_champion_and_summary_is_complete(home):
     for stage in ("ingest", "dbt_build", "features", "train", "evaluate", "score", "publish"):
         assert summary["timings_s"][stage] > 0
     assert summary["rows"]["publish"]["recommendations"] > 0
-    assert {"model", "popularity"} <= set(summary["metrics"]["recommendation"])
+    assert {"model", "popularity", "als"} <= set(summary["metrics"]["recommendation"])
     assert "ndcg_10" in summary["metrics"]["recommendation"]["model"]
     assert summary["dataset_digest"] and summary["quarantine"]  # the generator's dirt was quarantined
 

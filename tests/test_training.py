@@ -1,0 +1,88 @@
+"""The trainer on a real (tiny) run folder: DDP over 2 gloo processes matches 1 process; a killed run resumes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ltvrec.config import RunConfig
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def features_run(tmp_path_factory):
+    """ingest -> dbt -> Spark features on 300 synthetic users, through the real stages."""
+    home = tmp_path_factory.mktemp("home")
+    saved = {k: os.environ.get(k) for k in ("LTVREC_HOME", "MLFLOW_TRACKING_URI")}
+    os.environ["LTVREC_HOME"] = str(home)
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{home}/mlflow.db"
+    try:
+        from ltvrec import stages
+
+        run_dir = stages.prepare({"synthetic_users": 300, "synthetic_items": 60, "holdout_days": 21,
+                                  "horizon_days": 60, "epochs": 3, "patience": 10}, "features_fixture")
+        for name in ("ingest", "dbt_build", "features"):
+            getattr(stages, name)(run_dir)
+        yield Path(run_dir)
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+
+
+def clone(run_dir: Path, tmp_path: Path, name: str, **overrides) -> Path:
+    """A fresh run folder sharing the fixture's features (and MLflow run)."""
+    out = tmp_path / name
+    out.mkdir()
+    (out / "features").symlink_to(run_dir / "features")
+    (out / "mlflow.json").write_text((run_dir / "mlflow.json").read_text())
+    cfg = RunConfig.load(run_dir).to_dict() | overrides
+    RunConfig.from_dict(cfg).save(out)
+    return out
+
+
+def train(run_dir: Path, nproc: int, **popen) -> subprocess.Popen:
+    cmd = [str(BIN / "torchrun"), "--standalone", f"--nproc-per-node={nproc}", "-m", "models.train", "--run-dir", str(run_dir)]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def finish(proc: subprocess.Popen) -> str:
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+def result(run_dir: Path) -> dict:
+    return json.loads((run_dir / "train" / "result.json").read_text())
+
+
+def test_two_gloo_processes_match_one(features_run, tmp_path):
+    one, two = clone(features_run, tmp_path, "one"), clone(features_run, tmp_path, "two")
+    finish(train(one, 1))
+    finish(train(two, 2))
+    r1, r2 = result(one), result(two)
+    assert r1["world_size"] == 1 and r2["world_size"] == 2
+    assert r1["epochs_run"] == r2["epochs_run"] == 3
+    assert r2["best_val_ndcg_10"] == pytest.approx(r1["best_val_ndcg_10"], abs=0.05)
+    assert r1["best_val_ndcg_10"] > 0
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint(features_run, tmp_path):
+    run_dir = clone(features_run, tmp_path, "resume", epochs=4)
+    proc = train(run_dir, 2, start_new_session=True)
+    last = run_dir / "train" / "last.pt"
+    deadline = time.time() + 300
+    while not last.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert last.exists(), "no checkpoint was written"
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole torchrun process group, mid-training
+    proc.wait()
+    out = finish(train(run_dir, 2))
+    assert "resuming from" in out
+    assert result(run_dir)["epochs_run"] == 4
