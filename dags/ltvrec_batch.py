@@ -61,6 +61,8 @@ default_args = {
         "max_quarantine_share": Param(0.5, type="number", minimum=0, maximum=1),
         "epochs": Param(30, type="integer", minimum=1),
         "nproc": Param(2, type="integer", minimum=1, description="torchrun processes per node"),
+        "warm_start": Param(False, type="boolean", description="fine-tune the current @champion on the new data"),
+        "item_text": Param(True, type="boolean", description="embed item titles with the pretrained sentence model"),
         "synthetic_users": Param(2000, type="integer", minimum=1),
         "warehouse_url": Param(None, type=["null", "string"], description="default: $LTVREC_WAREHOUSE_URL or DuckDB"),
     },

@@ -59,6 +59,7 @@ def run(
     eval_protocol: str = typer.Option("temporal", help="temporal (global time cut-off) or leave_one_out"),
     epochs: Optional[int] = typer.Option(None, help="maximum training epochs (early stopping decides)"),
     nproc: Optional[int] = typer.Option(None, help="torchrun processes"),
+    warm_start: bool = typer.Option(False, help="fine-tune the current @champion on the new data"),
     synthetic_users: Optional[int] = typer.Option(None, help="users for --source synthetic"),
     warehouse_url: Optional[str] = typer.Option(None, help="duckdb:///file or postgresql://...; default DuckDB in LTVREC_HOME"),
     conf: Optional[str] = typer.Option(None, help="extra DAG params as JSON, e.g. '{\"holdout_days\": 7}'"),
@@ -67,6 +68,7 @@ def run(
     params = {"source": source, "path": str(Path(path).resolve()) if path else None,
               "items_path": str(Path(items_path).resolve()) if items_path else None, "as_of": as_of,
               "top_n": top_n, "horizon_days": horizon_days, "eval_protocol": eval_protocol, "epochs": epochs, "nproc": nproc,
+              "warm_start": warm_start or None,
               "synthetic_users": synthetic_users, "warehouse_url": warehouse_url}
     params = {k: v for k, v in params.items() if v is not None} | (json.loads(conf) if conf else {})
     try:
@@ -134,7 +136,7 @@ def sql(query: str = typer.Argument(..., help="SQL to run on the warehouse"),
 def demo(users: int = typer.Option(2000, help="synthetic users")) -> None:
     """The whole DAG on the project's synthetic data, on the embedded defaults."""
     run(source="synthetic", path=None, items_path=None, as_of=None, top_n=10, horizon_days=90,
-        eval_protocol="temporal", epochs=None,
+        eval_protocol="temporal", epochs=None, warm_start=False,
         nproc=None, synthetic_users=users, warehouse_url=None, conf=None)
 
 

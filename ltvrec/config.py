@@ -72,6 +72,8 @@ class RunConfig:
     patience: int = 4
     max_train_minutes: float = 10.0
     ltv_weight: float = 1.0
+    warm_start: bool = False  # initialise from the current @champion (continual training)
+    item_text: bool = True  # add pretrained sentence embeddings of item titles/categories (cold start)
     nproc: int = 2
     # registry
     model_name: str | None = None  # registered model; default "ltvrec-<source>", one champion per data source
@@ -82,8 +84,8 @@ class RunConfig:
             value = getattr(self, f.name)
             if value is None:
                 continue
-            expected = {"int": int, "float": (int, float), "str | None": str, "str": str}[f.type]
-            if not isinstance(value, expected) or isinstance(value, bool):
+            expected = {"int": int, "float": (int, float), "str | None": str, "str": str, "bool": bool}[f.type]
+            if not isinstance(value, expected) or (isinstance(value, bool) and f.type != "bool"):
                 raise ValueError(f"config key {f.name!r}: expected {f.type}, got {value!r}")
         if self.source not in SOURCES:
             raise ValueError(f"config key 'source': {self.source!r} is not one of {', '.join(SOURCES)}")

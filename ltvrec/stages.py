@@ -204,8 +204,34 @@ def train(run_dir: Path) -> dict:
     cfg = RunConfig.load(run_dir)
     nproc = int(os.environ.get("LTVREC_TORCHRUN_NPROC", cfg.nproc))
     cmd = [_bin("torchrun"), "--standalone", f"--nproc-per-node={nproc}", "-m", "models.train", "--run-dir", str(run_dir)]
+    init = _champion_checkpoint(cfg, run_dir) if cfg.warm_start else None
+    if init:
+        cmd += ["--init-from", str(init)]
+
     _run(cmd, {"MLFLOW_TRACKING_URI": mlflow_tracking_uri(), "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // nproc))})
     return json.loads((run_dir / "train" / "result.json").read_text())
+
+
+def _champion_checkpoint(cfg: RunConfig, run_dir: Path) -> Path | None:
+    """The current @champion's checkpoint, copied into the run folder; None when there is no champion yet."""
+    import shutil
+
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    tracking_setup(cfg)
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(f"models:/{cfg.registered_model}@champion"))
+    except MlflowException as exc:
+        log.info("warm start requested but no champion of %s (%s): training from scratch", cfg.registered_model, exc)
+        return None
+    found = sorted(local.rglob("best.pt"))
+    if not found:
+        raise FileNotFoundError(f"champion of {cfg.registered_model} has no best.pt checkpoint")
+    target = run_dir / "train" / "init_champion.pt"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(found[0], target)
+    return target
 
 
 @stage

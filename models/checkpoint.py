@@ -35,3 +35,30 @@ class LoadedModel:
         if not found:
             raise FileNotFoundError(f"{model_uri}: no checkpoint (best.pt) among the model's files")
         return cls.from_file(found[0])
+
+
+def warm_start(model: SeqRecModel, ckpt: dict, item_ids: list[str]) -> dict[str, int]:
+    """Initialise `model` from an earlier checkpoint (continual training on new data).
+
+    Item embeddings are copied by item id (new items keep their fresh initialisation); every other tensor
+    is copied where its shape matches. Returns counts of what was carried over.
+    """
+    old_state, new_state = ckpt["model"], model.state_dict()
+    old_index = {item: i + 1 for i, item in enumerate(ckpt["item_ids"])}
+    pairs = [(i + 1, old_index[item]) for i, item in enumerate(item_ids) if item in old_index]
+    copied = 0
+    with torch.no_grad():
+        for name, tensor in new_state.items():
+            old = old_state.get(name)
+            if name == "item_emb.weight" and old is not None and old.shape[1] == tensor.shape[1] and pairs:
+                new_rows, old_rows = (torch.tensor(x) for x in zip(*pairs))
+                tensor[new_rows] = old[old_rows].to(tensor.dtype)
+                copied += 1
+            elif name == "item_text":  # data, not learned: always this run's item texts
+                continue
+            elif old is not None and old.shape == tensor.shape:
+                tensor.copy_(old)
+                copied += 1
+    model.load_state_dict(new_state)
+    return {"tensors_copied": copied, "tensors_total": len(new_state), "items_carried": len(pairs),
+            "items_new": len(item_ids) - len(pairs)}

@@ -26,6 +26,7 @@ class ModelConfig:
     n_heads: int = 2
     n_layers: int = 2
     dropout: float = 0.2
+    text_dim: int = 0  # > 0: item text vectors (buffer `item_text`) are projected and added to item embeddings
 
 
 class Block(nn.Module):
@@ -56,6 +57,9 @@ class SeqRecModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.item_emb = nn.Embedding(cfg.n_items, cfg.d_model, padding_idx=0)
+        if cfg.text_dim:
+            self.text_proj = nn.Linear(cfg.text_dim, cfg.d_model, bias=False)
+            self.register_buffer("item_text", torch.zeros(cfg.n_items, cfg.text_dim))
         self.type_emb = nn.Embedding(cfg.n_event_types, cfg.d_model, padding_idx=0)
         self.pos_emb = nn.Embedding(cfg.max_len, cfg.d_model)
         self.drop = nn.Dropout(cfg.dropout)
@@ -68,12 +72,18 @@ class SeqRecModel(nn.Module):
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
 
+    def item_vectors(self) -> torch.Tensor:
+        """(n_items, d) item representations: learned embedding, plus projected text when configured."""
+        if self.cfg.text_dim:
+            return self.item_emb.weight + self.text_proj(self.item_text)
+        return self.item_emb.weight
+
     def encode(self, items: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
         """(B, L) left-padded item / event-type codes -> (B, L, d) hidden states."""
         b, length = items.shape
         valid = items != 0
         pos = torch.arange(length, device=items.device)
-        x = self.item_emb(items) * math.sqrt(self.cfg.d_model) + self.type_emb(types) + self.pos_emb(pos)
+        x = F.embedding(items, self.item_vectors()) * math.sqrt(self.cfg.d_model) + self.type_emb(types) + self.pos_emb(pos)
         x = self.drop(x) * valid.unsqueeze(-1)
         causal = torch.ones(length, length, dtype=torch.bool, device=items.device).tril()
         # a position attends to earlier real positions and always to itself (so padded rows stay finite)
@@ -85,7 +95,7 @@ class SeqRecModel(nn.Module):
 
     def item_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Scores of every catalogue item (tied output embeddings); padding gets -inf."""
-        logits = hidden @ self.item_emb.weight.T
+        logits = hidden @ self.item_vectors().T
         logits[..., 0] = float("-inf")
         return logits
 

@@ -28,11 +28,13 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
-from ltvrec.config import RunConfig
+from ltvrec.config import RunConfig, ltvrec_home
 from models.data import LTV_FEATURES, RETURN_CODE, FeatureScaler, FeatureSet, Protocol, epoch, pad_left
+from models.checkpoint import warm_start
 from models.metrics import ranking_metrics
 from models.ranking import model_topk
 from models.sasrec import ModelConfig, SeqRecModel
+from models.text import item_text_matrix
 
 
 class TrainingExamples(Dataset):
@@ -97,6 +99,8 @@ def validate(model: SeqRecModel, fs: FeatureSet, protocol: Protocol, max_users: 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="Train ltvrec's sequential recommender + LTV head")
     ap.add_argument("--run-dir", required=True, type=Path)
+    ap.add_argument("--init-from", type=Path, default=None,
+                    help="checkpoint to warm-start from (e.g. the current champion's best.pt)")
     args = ap.parse_args(argv)
     run_dir: Path = args.run_dir
     cfg = RunConfig.load(run_dir)
@@ -128,12 +132,29 @@ def main(argv: list[str] | None = None) -> None:
         mean=np.zeros(len(LTV_FEATURES)), std=np.ones(len(LTV_FEATURES)))
     protocol = Protocol.build(fs, cfg.eval_protocol)
     data = TrainingExamples(fs, cfg, scaler, protocol)
+    item_text = None
+    if cfg.item_text:  # encoded once by rank 0 (cached by text digest), then read by every rank
+        text_path = out_dir / "item_text.npy"
+        if master and not text_path.exists():
+            item_text_matrix(run_dir / "features", text_path, ltvrec_home() / "cache" / "item_text_minilm.parquet")
+        if ddp:
+            dist.barrier()
+        item_text = np.load(text_path)
     mcfg = ModelConfig(n_items=fs.n_items, n_ltv_features=len(scaler.mean), max_len=cfg.max_seq_len,
-                       d_model=cfg.d_model, n_heads=cfg.n_heads, n_layers=cfg.n_layers, dropout=cfg.dropout)
-    model = SeqRecModel(mcfg).to(device)
+                       d_model=cfg.d_model, n_heads=cfg.n_heads, n_layers=cfg.n_layers, dropout=cfg.dropout,
+                       text_dim=0 if item_text is None else item_text.shape[1])
+    model = SeqRecModel(mcfg)
+    if item_text is not None:
+        model.item_text.copy_(torch.as_tensor(item_text))
+    model = model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
-    state = {"epoch": 0, "best_ndcg": -1.0, "best_epoch": -1, "bad_epochs": 0}
+    state = {"epoch": 0, "best_ndcg": -1.0, "best_epoch": -1, "bad_epochs": 0, "init": "scratch"}
+    if args.init_from:
+        carried = warm_start(model, torch.load(args.init_from, map_location=device, weights_only=False), fs.item_ids.tolist())
+        state["init"] = f"warm start from {args.init_from}: {carried}"
+        if master:
+            print(state["init"], flush=True)
     last_path = out_dir / "last.pt"
     if last_path.exists():  # resume after an interrupted run
         ckpt = torch.load(last_path, map_location=device, weights_only=False)
@@ -247,7 +268,7 @@ def _finish(run_dir: Path, out_dir: Path, state: dict, seconds: float, world: in
     )
     mlflow.log_metrics({"best_val_ndcg_10": state["best_ndcg"], "best_epoch": state["best_epoch"],
                         "train_seconds": seconds})
-    result = {"model_uri": info.model_uri, "model_id": info.model_id, "best_epoch": state["best_epoch"],
+    result = {"model_uri": info.model_uri, "model_id": info.model_id, "init": state["init"], "best_epoch": state["best_epoch"],
               "epochs_run": state["epoch"], "best_val_ndcg_10": state["best_ndcg"], "train_seconds": seconds,
               "world_size": world, "device": device.type}
     (out_dir / "result.json").write_text(json.dumps(result, indent=2))

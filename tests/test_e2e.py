@@ -86,11 +86,13 @@ def test_registry_has_a_champion_and_summary_is_complete(home):
 
 def test_rerun_of_the_same_date_replaces_rows(home):
     before = query(home, "select run_date, count(*) from serving.recommendations group by run_date")
-    again = ltvrec(home, "run", "--synthetic-users", "250", "--epochs", "1", "--top-n", "5", "--conf", CONF)
+    again = ltvrec(home, "run", "--synthetic-users", "250", "--epochs", "1", "--top-n", "5", "--warm-start", "--conf", CONF)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     after = query(home, "select run_date, count(*), max(model_version) from serving.recommendations group by run_date")
     assert [(d, n) for d, n, _ in after] == before
     assert after[0][2] == "2"  # the new champion's rows replaced the old ones
+    newest = max((home / "runs").glob("*/train/result.json"), key=lambda p: p.stat().st_mtime)
+    assert json.loads(newest.read_text())["init"].startswith("warm start from")  # continual training
 
 
 def test_a_failing_stage_publishes_nothing(home, tmp_path):

@@ -63,3 +63,33 @@ def test_ziln_expectation():
     p, ev = ziln_expected_value(torch.tensor([0.0]), torch.tensor([1.0]), torch.tensor([0.5]))
     assert abs(p.item() - 0.5) < 1e-7
     assert abs(ev.item() - 0.5 * math.exp(1.0 + 0.125)) < 1e-5
+
+
+def test_warm_start_maps_item_embeddings_by_id():
+    from models.checkpoint import warm_start
+
+    old = make_model()
+    ckpt = {"model": old.state_dict(), "item_ids": [f"i{i}" for i in range(1, 30)]}
+    torch.manual_seed(1)
+    new = SeqRecModel(ModelConfig(n_items=4, n_ltv_features=4, max_len=8, d_model=16, n_heads=2, n_layers=2)).eval()
+    fresh_row = new.item_emb.weight[3].detach().clone()
+    carried = warm_start(new, ckpt, ["i5", "i2", "brand-new"])
+    assert carried["items_carried"] == 2 and carried["items_new"] == 1
+    assert torch.equal(new.item_emb.weight[1], old.item_emb.weight[5])
+    assert torch.equal(new.item_emb.weight[2], old.item_emb.weight[2])
+    assert torch.equal(new.item_emb.weight[3], fresh_row)  # unknown item keeps its initialisation
+    assert torch.equal(new.blocks[0].qkv.weight, old.blocks[0].qkv.weight)
+
+
+def test_item_text_gives_cold_items_a_representation():
+    torch.manual_seed(0)
+    model = SeqRecModel(ModelConfig(n_items=5, n_ltv_features=4, max_len=8, d_model=16, text_dim=6)).eval()
+    model.item_text.copy_(torch.randn(5, 6))
+    model.item_text[0] = 0
+    with torch.no_grad():
+        model.item_emb.weight.zero_()  # as if no item had interactions
+    vectors = model.item_vectors()
+    assert torch.allclose(vectors, model.text_proj(model.item_text))
+    assert vectors[1:].norm(dim=1).min() > 0 and vectors[0].abs().sum() == 0
+    h = model.encode(torch.tensor([[0, 0, 1, 2]]), torch.tensor([[0, 0, 1, 1]]))
+    assert torch.isfinite(model.item_logits(h)[..., 1:]).all()
