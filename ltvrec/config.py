@@ -18,6 +18,9 @@ EVENT_TYPES = ("view", "cart", "purchase", "rating", "return")
 EVENT_TYPE_CODE = {name: i + 1 for i, name in enumerate(EVENT_TYPES)}
 SOURCES = ("synthetic", "events", "online_retail", "movielens")
 DAG_ID = "ltvrec_batch"
+# Catalogues larger than this train with sampled softmax under loss="auto": a full softmax's logits for a
+# batch of 128 sequences x 50 positions x 50k items would already take 1.3 GB in float32.
+SAMPLED_SOFTMAX_ABOVE = 50_000
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,6 +75,8 @@ class RunConfig:
     patience: int = 4
     max_train_minutes: float = 10.0
     ltv_weight: float = 1.0
+    loss: str = "auto"  # full | sampled | auto (full softmax up to SAMPLED_SOFTMAX_ABOVE items)
+    n_negatives: int = 2048  # shared negatives per batch for the sampled softmax
     warm_start: bool = False  # initialise from the current @champion (continual training)
     item_text: bool = True  # add pretrained sentence embeddings of item titles/categories (cold start)
     nproc: int = 2
@@ -91,6 +96,8 @@ class RunConfig:
             raise ValueError(f"config key 'source': {self.source!r} is not one of {', '.join(SOURCES)}")
         if self.source != "synthetic" and not self.path:
             raise ValueError(f"source {self.source!r} needs a path (--path)")
+        if self.loss not in ("auto", "full", "sampled"):
+            raise ValueError(f"config key 'loss': {self.loss!r} is not auto, full or sampled")
         if self.eval_protocol not in ("temporal", "leave_one_out"):
             raise ValueError(f"config key 'eval_protocol': {self.eval_protocol!r} is not temporal or leave_one_out")
         if self.as_of is not None and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", self.as_of):

@@ -105,14 +105,40 @@ class SeqRecModel(nn.Module):
         return out[:, 0], out[:, 1], F.softplus(out[:, 2]) + 1e-3
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Training pass for both tasks; returns the two losses."""
+        """Training pass for both tasks; returns the two losses.
+
+        Next-item loss: full softmax over the catalogue, or, when the batch carries `neg_items` (shared
+        negatives drawn from Q) and `log_q`, sampled softmax with logQ correction. Logits are computed only
+        at positions that have a target.
+        """
         h = self.encode(batch["items"], batch["types"])
-        logits = self.item_logits(h).flatten(0, 1)
-        rec_loss = F.cross_entropy(logits, batch["targets"].flatten(), ignore_index=0)
+        targets = batch["targets"]
+        has_target = targets != 0
+        if not has_target.any():
+            rec_loss = h.sum() * 0.0  # keeps every parameter in the graph (DDP)
+        elif "neg_items" in batch:
+            rec_loss = sampled_softmax_loss(h[has_target], targets[has_target], self.item_vectors(),
+                                            batch["neg_items"], batch["log_q"])
+        else:
+            rec_loss = F.cross_entropy(self.item_logits(h[has_target]), targets[has_target])
         hl = self.encode(batch["ltv_items"], batch["ltv_types"])[:, -1]
         logit, mu, sigma = self.ltv_params(hl, batch["ltv_feats"])
         ltv_loss = ziln_loss(logit, mu, sigma, batch["ltv_label"], batch["ltv_mask"])
         return {"rec_loss": rec_loss, "ltv_loss": ltv_loss}
+
+
+def sampled_softmax_loss(hidden: torch.Tensor, targets: torch.Tensor, item_vectors: torch.Tensor,
+                         negatives: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """Softmax over [target, shared negatives] with logQ correction (Yi et al., 2019).
+
+    Every candidate's logit is reduced by log Q(item), the log of its sampling probability, which makes
+    the sampled loss an unbiased stand-in for the full softmax; negatives equal to the target are masked.
+    """
+    pos = (hidden * item_vectors[targets]).sum(-1) - log_q[targets]
+    neg = hidden @ item_vectors[negatives].T - log_q[negatives]
+    neg = neg.masked_fill(negatives[None, :] == targets[:, None], float("-inf"))
+    logits = torch.cat([pos[:, None], neg], dim=1)
+    return F.cross_entropy(logits, torch.zeros(len(targets), dtype=torch.long, device=logits.device))
 
 
 def ziln_loss(logit, mu, sigma, y, mask=None) -> torch.Tensor:

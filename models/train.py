@@ -28,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
-from ltvrec.config import RunConfig, ltvrec_home
+from ltvrec.config import SAMPLED_SOFTMAX_ABOVE, RunConfig, ltvrec_home
 from models.data import LTV_FEATURES, RETURN_CODE, FeatureScaler, FeatureSet, Protocol, epoch, pad_left
 from models.checkpoint import warm_start
 from models.metrics import ranking_metrics
@@ -167,6 +167,14 @@ def main(argv: list[str] | None = None) -> None:
     if ddp:
         model = DDP(model, device_ids=[local_rank] if use_cuda else None)
 
+    sampled = cfg.loss == "sampled" or (cfg.loss == "auto" and fs.n_items - 1 > SAMPLED_SOFTMAX_ABOVE)
+    if sampled:  # Q: smoothed target popularity; negatives shared by the batch, drawn with replacement
+        counts = torch.bincount(data.targets.flatten(), minlength=fs.n_items).double()
+        q = (counts + 1.0) ** 0.75
+        q[0] = 0.0
+        q = (q / q.sum()).float().to(device)
+        log_q = torch.log(q.clamp(min=1e-12))
+        sampler_gen = torch.Generator(device=device).manual_seed(cfg.seed + rank)
     sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed) if ddp else None
     # the global batch is cfg.batch_size whatever the world size, so N processes follow 1 process's recipe
     loader = DataLoader(data, batch_size=max(1, cfg.batch_size // world), shuffle=sampler is None, sampler=sampler)
@@ -181,6 +189,7 @@ def main(argv: list[str] | None = None) -> None:
             params |= {"world_size": world, "device": device.type, "train_sequences": len(data.items),
                        "ltv_train_customers": len(data.ltv_label) if data.has_ltv else 0}
             logged = mlflow.get_run(mlflow_run_id).data.params  # a retried task must not re-log changed params
+            params["rec_loss_kind"] = "sampled_softmax_logq" if sampled else "full_softmax"
             mlflow.log_params({k: v for k, v in params.items() if k not in logged})
         for ep in range(state["epoch"], cfg.epochs):
             if sampler is not None:
@@ -190,6 +199,9 @@ def main(argv: list[str] | None = None) -> None:
             bar = tqdm(loader, desc=f"epoch {ep + 1}/{cfg.epochs}", disable=not master, unit="batch", leave=False)
             for batch in bar:
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                if sampled:
+                    batch["neg_items"] = torch.multinomial(q, cfg.n_negatives, replacement=True, generator=sampler_gen)
+                    batch["log_q"] = log_q
                 with autocast:
                     losses = model(batch)
                 loss = losses["rec_loss"] + cfg.ltv_weight * losses["ltv_loss"]

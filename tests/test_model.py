@@ -93,3 +93,42 @@ def test_item_text_gives_cold_items_a_representation():
     assert vectors[1:].norm(dim=1).min() > 0 and vectors[0].abs().sum() == 0
     h = model.encode(torch.tensor([[0, 0, 1, 2]]), torch.tensor([[0, 0, 1, 1]]))
     assert torch.isfinite(model.item_logits(h)[..., 1:]).all()
+
+
+def test_sampled_softmax_with_all_items_and_uniform_q_equals_full_softmax():
+    from models.sasrec import sampled_softmax_loss
+
+    torch.manual_seed(0)
+    n_items, d = 12, 8
+    hidden, items = torch.randn(5, d), torch.randn(n_items, d)
+    targets = torch.tensor([1, 4, 4, 7, 11])
+    log_q = torch.full((n_items,), -3.0)
+    negatives = torch.arange(1, n_items)  # every real item (the target itself is masked as an accidental hit)
+    full_logits = hidden @ items.T
+    full_logits[:, 0] = float("-inf")
+    full = torch.nn.functional.cross_entropy(full_logits, targets)
+    assert sampled_softmax_loss(hidden, targets, items, negatives, log_q).item() == pytest.approx(full.item(), rel=1e-5)
+
+
+def test_logq_correction_favours_rarely_sampled_items():
+    from models.sasrec import sampled_softmax_loss
+
+    hidden, items = torch.ones(1, 2), torch.tensor([[0.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
+    negatives = torch.tensor([2])
+    common = sampled_softmax_loss(hidden, torch.tensor([1]), items, negatives, torch.log(torch.tensor([1.0, 0.9, 0.1])))
+    rare = sampled_softmax_loss(hidden, torch.tensor([1]), items, negatives, torch.log(torch.tensor([1.0, 0.1, 0.9])))
+    assert rare < common  # a target that is rarely sampled as a negative gets a larger corrected logit
+
+
+def test_training_pass_uses_sampled_softmax_when_negatives_are_given():
+    model = make_model()  # eval mode: no dropout, so the two losses are comparable
+    batch = {
+        "items": torch.randint(1, 30, (4, 8)), "types": torch.randint(1, 6, (4, 8)), "targets": torch.randint(0, 30, (4, 8)),
+        "ltv_items": torch.randint(1, 30, (4, 8)), "ltv_types": torch.randint(1, 6, (4, 8)), "ltv_feats": torch.zeros(4, 4),
+        "ltv_label": torch.tensor([0.0, 1.0, 2.0, 0.0]), "ltv_mask": torch.ones(4),
+    }
+    full = model(batch)["rec_loss"]
+    sampled = model({**batch, "neg_items": torch.randint(1, 30, (16,)), "log_q": torch.full((30,), -3.4)})["rec_loss"]
+    assert torch.isfinite(full) and torch.isfinite(sampled) and sampled < full  # 17 candidates vs 29
+    sampled.backward()
+    assert model.item_emb.weight.grad is not None

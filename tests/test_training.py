@@ -86,3 +86,9 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(features_run, tmp_path):
     out = finish(train(run_dir, 2))
     assert "resuming from" in out
     assert result(run_dir)["epochs_run"] == 4
+
+
+def test_sampled_softmax_training_runs(features_run, tmp_path):
+    run_dir = clone(features_run, tmp_path, "sampled", loss="sampled", n_negatives=32, epochs=1)
+    out = finish(train(run_dir, 1))
+    assert result(run_dir)["epochs_run"] == 1 and result(run_dir)["best_val_ndcg_10"] > 0, out[-2000:]
