@@ -21,15 +21,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_protocol(path: str, protocol: str, home: Path) -> dict:
+def run_source(source: str, path: str, protocol: str | None, home: Path, conf: str | None = None) -> dict:
+    """`ltvrec run` in a fresh LTVREC_HOME; metrics, training speed and stage timings of the run."""
     env = {**os.environ, "LTVREC_HOME": str(home)}
     for key in ("AIRFLOW_HOME", "MLFLOW_TRACKING_URI"):
         env.pop(key, None)
     started = time.time()
-    proc = subprocess.run([str(Path(sys.executable).parent / "ltvrec"), "run", "--source", "online_retail", "--path", path,
-                           "--eval-protocol", protocol], env=env, capture_output=True, text=True)
+    cmd = [str(Path(sys.executable).parent / "ltvrec"), "run", "--source", source, "--path", path]
+    cmd += (["--eval-protocol", protocol] if protocol else []) + (["--conf", conf] if conf else [])
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise SystemExit(f"{protocol} run failed:\n{proc.stderr[-3000:]}")
+        raise SystemExit(f"{source} ({protocol or 'default protocol'}) run failed:\n{proc.stderr[-3000:]}")
     summary = json.loads(max((home / "runs").glob("*/summary.json"), key=lambda p: p.stat().st_mtime).read_text())
     import mlflow
 
@@ -41,6 +43,7 @@ def run_protocol(path: str, protocol: str, home: Path) -> dict:
         "recommendation": {k: v for k, v in summary["metrics"]["recommendation"].items()},
         "ltv": summary["metrics"]["ltv"],
         "epochs_run": summary["training"]["epochs_run"],
+        "best_epoch": summary["training"]["best_epoch"],
         "seconds_per_epoch": round(sum(m.value for m in history) / max(len(history), 1), 2),
         "sequences_per_second": round(sum(m.value for m in speed) / max(len(speed), 1), 1),
         "timings_s": summary["timings_s"],
@@ -55,7 +58,7 @@ def main() -> None:
     out = {"dataset": "online_retail_II", "machine_cpus": os.cpu_count(), "protocols": {}}
     for protocol in args.protocols:
         with tempfile.TemporaryDirectory(prefix=f"ltvrec-bench-{protocol}-") as home:
-            out["protocols"][protocol] = run_protocol(args.path, protocol, Path(home))
+            out["protocols"][protocol] = run_source("online_retail", args.path, protocol, Path(home))
     print(json.dumps(out, indent=2))
 
 

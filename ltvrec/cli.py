@@ -56,7 +56,8 @@ def run(
     as_of: Optional[str] = typer.Option(None, help="YYYY-MM-DD; default: day of the last event"),
     top_n: int = typer.Option(10, help="recommendations per user"),
     horizon_days: int = typer.Option(90, help="LTV horizon H in days"),
-    eval_protocol: str = typer.Option("temporal", help="temporal (global time cut-off) or leave_one_out"),
+    eval_protocol: Optional[str] = typer.Option(None, help="temporal (global time cut-off) or leave_one_out; "
+                                                "default: leave_one_out for movielens, else temporal"),
     epochs: Optional[int] = typer.Option(None, help="maximum training epochs (early stopping decides)"),
     nproc: Optional[int] = typer.Option(None, help="torchrun processes"),
     warm_start: bool = typer.Option(False, help="fine-tune the current @champion on the new data"),

@@ -22,6 +22,14 @@ DAG_ID = "ltvrec_batch"
 # batch of 128 sequences x 50 positions x 50k items would already take 1.3 GB in float32.
 SAMPLED_SOFTMAX_ABOVE = 50_000
 
+# Defaults that depend on the data source (a key left unset takes its source's value, then the generic one).
+# MovieLens is the literature's benchmark: its protocol is leave-one-out and its users are long-lived (165
+# ratings on average), so it gets SASRec's sequence length of 200 and a longer training budget.
+SOURCE_DEFAULTS = {
+    "movielens": {"eval_protocol": "leave_one_out", "max_seq_len": 200, "max_train_minutes": 60.0},
+}
+GENERIC_DEFAULTS = {"eval_protocol": "temporal", "max_seq_len": 50, "max_train_minutes": 10.0}
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -53,7 +61,7 @@ class RunConfig:
     top_n: int = 10
     horizon_days: int = 90
     holdout_days: int = 14
-    eval_protocol: str = "temporal"  # or leave_one_out (each user's last event is test)
+    eval_protocol: str | None = None  # temporal or leave_one_out (each user's last event is test); by source
     max_quarantine_share: float = 0.5  # gate: share of raw events dbt may reject
     warehouse_url: str | None = None
     spark_master: str | None = None
@@ -63,7 +71,7 @@ class RunConfig:
     synthetic_days: int = 365
     seed: int = 42
     # model and training
-    max_seq_len: int = 50
+    max_seq_len: int | None = None  # by source: 200 for movielens, else 50
     d_model: int = 64
     n_heads: int = 2
     n_layers: int = 2
@@ -73,8 +81,10 @@ class RunConfig:
     batch_size: int = 128
     epochs: int = 30
     patience: int = 4
-    max_train_minutes: float = 10.0
+    max_train_minutes: float | None = None  # by source: 60 for movielens, else 10
+    refit_epochs: int = 1  # after early stopping, train the best model this many epochs on the validation window too
     ltv_weight: float = 1.0
+    repeat_targets: bool = False  # also train on items the user already had (evaluation counts only new ones)
     loss: str = "auto"  # full | sampled | auto (full softmax up to SAMPLED_SOFTMAX_ABOVE items)
     n_negatives: int = 2048  # shared negatives per batch for the sampled softmax
     warm_start: bool = False  # initialise from the current @champion (continual training)
@@ -85,12 +95,16 @@ class RunConfig:
     experiment: str = "ltvrec"
 
     def __post_init__(self) -> None:
+        for key, generic in GENERIC_DEFAULTS.items():
+            if getattr(self, key) is None:
+                setattr(self, key, SOURCE_DEFAULTS.get(self.source, {}).get(key, generic))
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if value is None:
                 continue
-            expected = {"int": int, "float": (int, float), "str | None": str, "str": str, "bool": bool}[f.type]
-            if not isinstance(value, expected) or (isinstance(value, bool) and f.type != "bool"):
+            kind = f.type.removesuffix(" | None")
+            expected = {"int": int, "float": (int, float), "str": str, "bool": bool}[kind]
+            if not isinstance(value, expected) or (isinstance(value, bool) and kind != "bool"):
                 raise ValueError(f"config key {f.name!r}: expected {f.type}, got {value!r}")
         if self.source not in SOURCES:
             raise ValueError(f"config key 'source': {self.source!r} is not one of {', '.join(SOURCES)}")
@@ -102,9 +116,11 @@ class RunConfig:
             raise ValueError(f"config key 'eval_protocol': {self.eval_protocol!r} is not temporal or leave_one_out")
         if self.as_of is not None and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", self.as_of):
             raise ValueError(f"config key 'as_of': expected YYYY-MM-DD, got {self.as_of!r}")
-        for key in ("top_n", "horizon_days", "holdout_days", "nproc", "epochs", "batch_size"):
+        for key in ("top_n", "horizon_days", "holdout_days", "nproc", "epochs", "batch_size", "max_seq_len"):
             if getattr(self, key) < 1:
                 raise ValueError(f"config key {key!r} must be >= 1, got {getattr(self, key)}")
+        if self.refit_epochs < 0:
+            raise ValueError(f"config key 'refit_epochs' must be >= 0, got {self.refit_epochs}")
 
     @classmethod
     def from_dict(cls, values: dict) -> "RunConfig":

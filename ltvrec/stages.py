@@ -225,9 +225,9 @@ def _champion_checkpoint(cfg: RunConfig, run_dir: Path) -> Path | None:
     except MlflowException as exc:
         log.info("warm start requested but no champion of %s (%s): training from scratch", cfg.registered_model, exc)
         return None
-    found = sorted(local.rglob("best.pt"))
+    found = sorted(local.rglob("final.pt")) or sorted(local.rglob("best.pt"))  # best.pt: models before refit
     if not found:
-        raise FileNotFoundError(f"champion of {cfg.registered_model} has no best.pt checkpoint")
+        raise FileNotFoundError(f"champion of {cfg.registered_model} has no checkpoint (final.pt)")
     target = run_dir / "train" / "init_champion.pt"
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(found[0], target)
@@ -281,7 +281,7 @@ def evaluate(run_dir: Path) -> dict:
 
     cfg = RunConfig.load(run_dir)
     fs = FeatureSet.load(run_dir / "features")
-    loaded = LoadedModel.from_file(run_dir / "train" / "best.pt")
+    loaded = LoadedModel.from_file(run_dir / "train" / "final.pt")
     rec = evaluate_recommendations(fs, loaded, Protocol.build(fs, cfg.eval_protocol),
                                    factors=_als_factors(run_dir, len(fs.users), fs.n_items))
     ltv = evaluate_ltv(fs, loaded)

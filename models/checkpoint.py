@@ -31,9 +31,9 @@ class LoadedModel:
         import mlflow
 
         local = Path(mlflow.artifacts.download_artifacts(model_uri))
-        found = sorted(local.rglob("best.pt"))
+        found = sorted(local.rglob("final.pt")) or sorted(local.rglob("best.pt"))  # best.pt: models before refit
         if not found:
-            raise FileNotFoundError(f"{model_uri}: no checkpoint (best.pt) among the model's files")
+            raise FileNotFoundError(f"{model_uri}: no checkpoint (final.pt) among the model's files")
         return cls.from_file(found[0])
 
 

@@ -7,7 +7,8 @@
 RUN is a ltvrec run folder holding config.json and the Spark features. Rank and world size come from the
 environment torchrun sets; gloo on CPU, NCCL + bf16 autocast + TF32 on GPUs. Only rank 0 validates, logs
 to MLflow and writes checkpoints (RUN/train/last.pt every epoch, best.pt on a new best validation
-NDCG@10); a restarted run resumes from last.pt.
+NDCG@10); a restarted run resumes from last.pt. After early stopping, `refit_epochs` more epochs train the
+best model on the events of the validation window too (RUN/train/final.pt, the model that is registered).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import asdict
@@ -38,22 +40,27 @@ from models.text import item_text_matrix
 
 
 class TrainingExamples(Dataset):
-    """Next-item chunks of the users' pre-validation sequences, paired round-robin with LTV examples."""
+    """Next-item chunks of each user's first ends[u] events, paired round-robin with LTV examples."""
 
-    def __init__(self, fs: FeatureSet, cfg: RunConfig, scaler: FeatureScaler, protocol: Protocol):
+    def __init__(self, fs: FeatureSet, cfg: RunConfig, scaler: FeatureScaler, ends: np.ndarray, protocol_name: str):
         length = cfg.max_seq_len
         inputs, types, targets = [], [], []
         for u in range(len(fs.users)):
-            end = int(protocol.train_end[u])
+            end = int(ends[u])
+            # a return is never a target; an item the user already had is not one either unless asked for,
+            # because evaluation and scoring recommend only items new to the user
+            usable = fs.types[u][:end] != RETURN_CODE
+            if not cfg.repeat_targets:
+                usable &= first_occurrence(fs.items[u][:end])
             while end >= 2:  # chunks of length+1 from the end; consecutive chunks share one event
                 start = max(0, end - (length + 1))
                 its, tys = fs.items[u][start:end], fs.types[u][start:end]
-                target = its[1:].copy()
-                target[tys[1:] == RETURN_CODE] = 0  # a return is not a recommendation target
-                inputs.append(its[:-1]), types.append(tys[:-1]), targets.append(target)
+                target = np.where(usable[start + 1:end], its[1:], 0)
+                if target.any():
+                    inputs.append(its[:-1]), types.append(tys[:-1]), targets.append(target)
                 end = start + 1 if start > 0 else 0
         if not inputs:
-            raise ValueError(f"no user has two events before the validation window ({protocol.name} protocol): "
+            raise ValueError(f"no user has two events before the validation window ({protocol_name} protocol): "
                              "nothing to train on")
         self.items = torch.as_tensor(pad_left(inputs, length))
         self.types = torch.as_tensor(pad_left(types, length))
@@ -83,6 +90,13 @@ class TrainingExamples(Dataset):
             "ltv_items": self.ltv_items[j], "ltv_types": self.ltv_types[j], "ltv_feats": self.ltv_feats[j],
             "ltv_label": self.ltv_label[j], "ltv_mask": torch.tensor(float(self.has_ltv)),
         }
+
+
+def first_occurrence(items: np.ndarray) -> np.ndarray:
+    """True where an item appears for the first time in the sequence."""
+    first = np.zeros(len(items), dtype=bool)
+    first[np.unique(items, return_index=True)[1]] = True
+    return first
 
 
 def validate(model: SeqRecModel, fs: FeatureSet, protocol: Protocol, max_users: int = 5000) -> dict[str, float]:
@@ -131,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     scaler = FeatureScaler.fit(train_ltv) if len(train_ltv) else FeatureScaler(
         mean=np.zeros(len(LTV_FEATURES)), std=np.ones(len(LTV_FEATURES)))
     protocol = Protocol.build(fs, cfg.eval_protocol)
-    data = TrainingExamples(fs, cfg, scaler, protocol)
+    data = TrainingExamples(fs, cfg, scaler, protocol.train_end, protocol.name)
     item_text = None
     if cfg.item_text:  # encoded once by rank 0 (cached by text digest), then read by every rank
         text_path = out_dir / "item_text.npy"
@@ -149,7 +163,8 @@ def main(argv: list[str] | None = None) -> None:
     model = model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
-    state = {"epoch": 0, "best_ndcg": -1.0, "best_epoch": -1, "bad_epochs": 0, "init": "scratch"}
+    state = {"epoch": 0, "best_ndcg": -1.0, "best_epoch": -1, "bad_epochs": 0, "init": "scratch", "stopped": False,
+             "refit_done": 0}
     if args.init_from:
         carried = warm_start(model, torch.load(args.init_from, map_location=device, weights_only=False), fs.item_ids.tolist())
         state["init"] = f"warm start from {args.init_from}: {carried}"
@@ -175,9 +190,43 @@ def main(argv: list[str] | None = None) -> None:
         q = (q / q.sum()).float().to(device)
         log_q = torch.log(q.clamp(min=1e-12))
         sampler_gen = torch.Generator(device=device).manual_seed(cfg.seed + rank)
-    sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed) if ddp else None
-    # the global batch is cfg.batch_size whatever the world size, so N processes follow 1 process's recipe
-    loader = DataLoader(data, batch_size=max(1, cfg.batch_size // world), shuffle=sampler is None, sampler=sampler)
+
+    def loader_for(examples: TrainingExamples) -> DataLoader:
+        sampler = DistributedSampler(examples, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed) if ddp else None
+        # the global batch is cfg.batch_size whatever the world size, so N processes follow 1 process's recipe
+        return DataLoader(examples, batch_size=max(1, cfg.batch_size // world), shuffle=sampler is None, sampler=sampler)
+
+    def train_epoch(loader: DataLoader, ep: int, desc: str) -> dict[str, float]:
+        if isinstance(loader.sampler, DistributedSampler):
+            loader.sampler.set_epoch(ep)
+        model.train()
+        t0, seen, totals = time.time(), 0, np.zeros(2)
+        bar = tqdm(loader, desc=desc, disable=not master, unit="batch", leave=False)
+        for batch in bar:
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            if sampled:
+                batch["neg_items"] = torch.multinomial(q, cfg.n_negatives, replacement=True, generator=sampler_gen)
+                batch["log_q"] = log_q
+            with autocast:
+                losses = model(batch)
+            loss = losses["rec_loss"] + cfg.ltv_weight * losses["ltv_loss"]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            seen += len(batch["items"]) * world
+            totals += [losses["rec_loss"].item(), losses["ltv_loss"].item()]
+            bar.set_postfix(loss=f"{loss.item():.3f}", seq_s=f"{seen / (time.time() - t0):.0f}")
+        seconds = time.time() - t0
+        n_batches = max(1, len(loader))
+        return {"rec_loss": totals[0] / n_batches, "ltv_loss": totals[1] / n_batches,
+                "epoch_seconds": seconds, "sequences_per_s": seen / seconds}
+
+    def save_last() -> None:
+        ckpt = _checkpoint(raw_model, cfg, fs, scaler, state)
+        torch.save({**ckpt, "optimizer": optimizer.state_dict()}, out_dir / "last.tmp")
+        os.replace(out_dir / "last.tmp", last_path)  # atomic: a kill never leaves half a checkpoint
+
     mlflow_run_id = json.loads((run_dir / "mlflow.json").read_text())["run_id"] if master else None
     tracking = _mlflow_run(mlflow_run_id) if master else nullcontext()
     t_start = time.time()
@@ -191,29 +240,10 @@ def main(argv: list[str] | None = None) -> None:
             logged = mlflow.get_run(mlflow_run_id).data.params  # a retried task must not re-log changed params
             params["rec_loss_kind"] = "sampled_softmax_logq" if sampled else "full_softmax"
             mlflow.log_params({k: v for k, v in params.items() if k not in logged})
-        for ep in range(state["epoch"], cfg.epochs):
-            if sampler is not None:
-                sampler.set_epoch(ep)
-            model.train()
-            t0, seen, totals = time.time(), 0, np.zeros(2)
-            bar = tqdm(loader, desc=f"epoch {ep + 1}/{cfg.epochs}", disable=not master, unit="batch", leave=False)
-            for batch in bar:
-                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                if sampled:
-                    batch["neg_items"] = torch.multinomial(q, cfg.n_negatives, replacement=True, generator=sampler_gen)
-                    batch["log_q"] = log_q
-                with autocast:
-                    losses = model(batch)
-                loss = losses["rec_loss"] + cfg.ltv_weight * losses["ltv_loss"]
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
-                seen += len(batch["items"]) * world
-                totals += [losses["rec_loss"].item(), losses["ltv_loss"].item()]
-                bar.set_postfix(loss=f"{loss.item():.3f}", seq_s=f"{seen / (time.time() - t0):.0f}")
-            seconds = time.time() - t0
-            stop = torch.zeros(1)
+        loader = loader_for(data)
+        stop = torch.zeros(1)
+        for ep in range(state["epoch"], 0 if state.get("stopped") else cfg.epochs):
+            metrics = train_epoch(loader, ep, f"epoch {ep + 1}/{cfg.epochs}")
             if master:
                 val = validate(raw_model, fs, protocol)
                 ndcg = val.get("ndcg_10", 0.0)
@@ -223,30 +253,51 @@ def main(argv: list[str] | None = None) -> None:
                     state.update(best_ndcg=ndcg, best_epoch=ep + 1, bad_epochs=0)
                 else:
                     state["bad_epochs"] += 1
-                ckpt = _checkpoint(raw_model, cfg, fs, scaler, state)
                 out_dir.mkdir(parents=True, exist_ok=True)
                 if improved:
-                    torch.save(ckpt, out_dir / "best.pt")
-                torch.save({**ckpt, "optimizer": optimizer.state_dict()}, out_dir / "last.tmp")
-                os.replace(out_dir / "last.tmp", last_path)  # atomic: a kill never leaves half a checkpoint
-                n_batches = max(1, len(loader))
-                metrics = {"rec_loss": totals[0] / n_batches, "ltv_loss": totals[1] / n_batches,
-                           "epoch_seconds": seconds, "sequences_per_s": seen / seconds,
-                           **{f"val_{k}": v for k, v in val.items()}}
-                import mlflow
-
-                mlflow.log_metrics(metrics, step=ep + 1)
-                print(f"epoch {ep + 1}: " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()), flush=True)
+                    torch.save(_checkpoint(raw_model, cfg, fs, scaler, state), out_dir / "best.pt")
+                save_last()
+                metrics |= {f"val_{k}": v for k, v in val.items()}
+                _log_epoch(metrics, ep + 1)
                 out_of_time = (time.time() - t_start) / 60 > cfg.max_train_minutes
                 stop[0] = float(state["bad_epochs"] >= cfg.patience or out_of_time)
             if ddp:
                 dist.broadcast(stop, src=0)
             if stop.item():
                 break
+        state["stopped"] = True
+        if master:
+            save_last()
+        if state.get("refit_done", 0) < cfg.refit_epochs:
+            # Refit: the validation window chose the epoch count; now let the best model also learn from that
+            # window (the most recent data: new items, current trends). The test window stays unseen.
+            if ddp:
+                dist.barrier()  # best.pt and last.pt are written
+            if state.get("refit_done", 0) == 0:  # (a resumed refit has its weights and optimizer from last.pt)
+                raw_model.load_state_dict(torch.load(out_dir / "best.pt", map_location=device, weights_only=False)["model"])
+                optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+            refit_loader = loader_for(TrainingExamples(fs, cfg, scaler, protocol.valid_end, protocol.name))
+            for i in range(state.get("refit_done", 0), cfg.refit_epochs):
+                metrics = train_epoch(refit_loader, cfg.epochs + i, f"refit {i + 1}/{cfg.refit_epochs}")
+                state["refit_done"] = i + 1
+                if master:
+                    torch.save(_checkpoint(raw_model, cfg, fs, scaler, state), out_dir / "final.tmp")
+                    os.replace(out_dir / "final.tmp", out_dir / "final.pt")
+                    save_last()
+                    _log_epoch({f"refit_{k}": v for k, v in metrics.items()}, state["epoch"] + i + 1)
+        elif master and not (out_dir / "final.pt").exists():
+            shutil.copy(out_dir / "best.pt", out_dir / "final.pt")
         if master:
             _finish(run_dir, out_dir, state, time.time() - t_start, world, device)
     if ddp:
         dist.destroy_process_group()
+
+
+def _log_epoch(metrics: dict[str, float], step: int) -> None:
+    import mlflow
+
+    mlflow.log_metrics(metrics, step=step)
+    print(f"epoch {step}: " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()), flush=True)
 
 
 def _mlflow_run(run_id: str):
@@ -268,20 +319,20 @@ def _checkpoint(model: SeqRecModel, cfg: RunConfig, fs: FeatureSet, scaler: Feat
 
 
 def _finish(run_dir: Path, out_dir: Path, state: dict, seconds: float, world: int, device: torch.device) -> None:
-    """Log the best checkpoint as an MLflow PyTorch model (the checkpoint travels as an extra file)."""
+    """Log the final checkpoint as an MLflow PyTorch model (the checkpoint travels as an extra file)."""
     import mlflow
 
-    ckpt = torch.load(out_dir / "best.pt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(out_dir / "final.pt", map_location="cpu", weights_only=False)
     model = SeqRecModel(ModelConfig(**ckpt["model_config"]))
     model.load_state_dict(ckpt["model"])
     info = mlflow.pytorch.log_model(
-        model, name="model", extra_files=[str(out_dir / "best.pt")], serialization_format="pickle",
+        model, name="model", extra_files=[str(out_dir / "final.pt")], serialization_format="pickle",
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy", "pandas"],
     )
     mlflow.log_metrics({"best_val_ndcg_10": state["best_ndcg"], "best_epoch": state["best_epoch"],
                         "train_seconds": seconds})
     result = {"model_uri": info.model_uri, "model_id": info.model_id, "init": state["init"], "best_epoch": state["best_epoch"],
-              "epochs_run": state["epoch"], "best_val_ndcg_10": state["best_ndcg"], "train_seconds": seconds,
+              "epochs_run": state["epoch"], "refit_epochs": state["refit_done"], "best_val_ndcg_10": state["best_ndcg"], "train_seconds": seconds,
               "world_size": world, "device": device.type}
     (out_dir / "result.json").write_text(json.dumps(result, indent=2))
     print(f"training done: {json.dumps(result)}", flush=True)

@@ -33,3 +33,17 @@ def test_round_trip(tmp_path):
     cfg = RunConfig.from_dict({"source": "events", "path": "/x.parquet", "top_n": 5, "lr": 1})
     cfg.save(tmp_path)
     assert RunConfig.load(tmp_path) == cfg
+
+
+def test_defaults_depend_on_the_source_and_explicit_values_win():
+    ml = RunConfig.from_dict({"source": "movielens", "path": "/ml-1m"})
+    assert (ml.eval_protocol, ml.max_seq_len, ml.max_train_minutes) == ("leave_one_out", 200, 60.0)
+    retail = RunConfig.from_dict({"source": "online_retail", "path": "/or.parquet"})
+    assert (retail.eval_protocol, retail.max_seq_len, retail.max_train_minutes) == ("temporal", 50, 10.0)
+    mine = RunConfig.from_dict({"source": "movielens", "path": "/ml-1m", "eval_protocol": "temporal", "max_seq_len": 64})
+    assert (mine.eval_protocol, mine.max_seq_len) == ("temporal", 64)
+
+
+def test_resolved_defaults_survive_a_round_trip(tmp_path):
+    RunConfig.from_dict({"source": "movielens", "path": "/ml-1m"}).save(tmp_path)
+    assert RunConfig.load(tmp_path).max_seq_len == 200

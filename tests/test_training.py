@@ -92,3 +92,20 @@ def test_sampled_softmax_training_runs(features_run, tmp_path):
     run_dir = clone(features_run, tmp_path, "sampled", loss="sampled", n_negatives=32, epochs=1)
     out = finish(train(run_dir, 1))
     assert result(run_dir)["epochs_run"] == 1 and result(run_dir)["best_val_ndcg_10"] > 0, out[-2000:]
+
+
+def test_the_refit_trains_the_best_model_on_the_validation_window(features_run, tmp_path):
+    import torch
+
+    run_dir = clone(features_run, tmp_path, "refit", epochs=2, refit_epochs=1)
+    out = finish(train(run_dir, 2))
+    assert result(run_dir)["refit_epochs"] == 1, out[-2000:]
+    best = torch.load(run_dir / "train" / "best.pt", weights_only=False)
+    final = torch.load(run_dir / "train" / "final.pt", weights_only=False)
+    assert final["state"]["refit_done"] == 1 and best["state"]["refit_done"] == 0
+    assert not torch.equal(best["model"]["item_emb.weight"], final["model"]["item_emb.weight"])
+    # no refit: the registered model is the best validated one
+    plain = clone(features_run, tmp_path, "plain", epochs=1, refit_epochs=0)
+    finish(train(plain, 1))
+    assert torch.equal(torch.load(plain / "train" / "best.pt", weights_only=False)["model"]["item_emb.weight"],
+                       torch.load(plain / "train" / "final.pt", weights_only=False)["model"]["item_emb.weight"])

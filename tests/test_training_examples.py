@@ -1,0 +1,49 @@
+"""What the trainer learns from: next-item targets per protocol window, returns and repeats excluded."""
+
+import numpy as np
+import pandas as pd
+
+from ltvrec.config import RunConfig
+from models.data import LTV_FEATURES, FeatureScaler, FeatureSet, Protocol
+from models.train import TrainingExamples, first_occurrence
+
+A, B, C, D, E = 1, 2, 3, 4, 5
+PURCHASE, RETURN = 3, 5
+
+
+def feature_set(items: list[int], types: list[int]) -> FeatureSet:
+    ltv = pd.DataFrame(columns=["user_id", "cutoff", "label_value", *LTV_FEATURES])
+    return FeatureSet(item_ids=np.array(["a", "b", "c", "d", "e"], dtype=object), item_price=np.zeros(6),
+                      users=np.array(["u1"], dtype=object), items=[np.array(items)], types=[np.array(types)],
+                      ts=[np.arange(len(items)) * 100], ltv=ltv, split={"ltv_cutoffs": {"train": "2020-01-01"}})
+
+
+def targets(fs: FeatureSet, ends, **cfg) -> list[list[int]]:
+    scaler = FeatureScaler(mean=np.zeros(len(LTV_FEATURES)), std=np.ones(len(LTV_FEATURES)))
+    examples = TrainingExamples(fs, RunConfig(max_seq_len=8, **cfg), scaler, np.array(ends), "test")
+    return [row[row != 0].tolist() for row in examples.targets.numpy()]
+
+
+def test_first_occurrence():
+    assert first_occurrence(np.array([A, B, A, C, B])).tolist() == [True, True, False, True, False]
+
+
+def test_repeats_and_returns_are_not_targets_unless_asked():
+    fs = feature_set([A, B, A, C, B, D], [PURCHASE, PURCHASE, PURCHASE, PURCHASE, RETURN, PURCHASE])
+    assert targets(fs, [6]) == [[B, C, D]]
+    assert targets(fs, [6], repeat_targets=True) == [[B, A, C, D]]
+
+
+def test_targets_stop_at_the_window_end_and_refit_sees_the_validation_window():
+    fs = feature_set([A, B, C, D, E], [PURCHASE] * 5)
+    protocol = Protocol.build(fs, "leave_one_out")  # train [0, 3), validation event 3, test event 4
+    assert targets(fs, protocol.train_end) == [[B, C]]
+    assert targets(fs, protocol.valid_end) == [[B, C, D]]  # the refit adds the validation event, never the test one
+
+
+def test_long_histories_are_cut_into_overlapping_chunks():
+    fs = feature_set(list(range(1, 6)) * 1, [PURCHASE] * 5)
+    scaler = FeatureScaler(mean=np.zeros(len(LTV_FEATURES)), std=np.ones(len(LTV_FEATURES)))
+    examples = TrainingExamples(fs, RunConfig(max_seq_len=2), scaler, np.array([5]), "test")
+    covered = sorted(t for row in examples.targets.numpy() for t in row if t)
+    assert covered == [B, C, D, E]  # every event after the first is a target exactly once
