@@ -8,7 +8,8 @@ Writes, under --out:
   sequences/      per user, time-ordered arrays: items, types, ts (epoch s); runs of the same item collapsed
                   to their last (strongest) event, e.g. view -> cart -> purchase becomes one purchase token
   ltv_features/   per customer and cut-off (train = D-2H, eval = D-H, score = D): RFM features computed from
-                  events strictly before the cut-off, and the label: net spend in [cut-off, cut-off + H)
+                  events strictly before the cut-off (btyd_*: the BG/NBD + Gamma-Gamma summary of models/btyd.py),
+                  and the label: net spend in [cut-off, cut-off + H)
   split.json      the cut-off timestamps of the temporal split
 D is the end of the --as-of day (default: the day of the last event). Nothing at or after a cut-off reaches
 that cut-off's features.
@@ -63,6 +64,37 @@ def build_sequences(events: DataFrame, items: DataFrame) -> DataFrame:
     )
 
 
+def build_btyd_summary(past: DataFrame, cutoff: datetime) -> DataFrame:
+    """Buy-Till-You-Die summary (models/btyd.py) of events before the cut-off, in calendar days of purchase.
+
+    A purchase day is a (UTC) day with at least one purchase; its net spend is the sum of `amount` that day
+    (returns that day included, as in net_spend; returns on days without a purchase do not enter monetary value).
+    btyd_frequency = purchase days - 1, btyd_recency = last - first purchase day, btyd_T = cut-off - first
+    purchase day (days), btyd_monetary_value = mean net spend of the repeat purchase days (0 without any).
+    """
+    day_ts = F.col("day").cast("timestamp").cast("long")
+    days = (
+        past.groupBy("user_id", F.to_date("event_ts").alias("day"))
+        .agg(F.sum("amount").alias("day_spend"), F.max((F.col("event_type") == "purchase").cast("int")).alias("buy"))
+        .where(F.col("buy") == 1)
+    )
+    per_user = days.groupBy("user_id").agg(
+        (F.count("*") - 1).alias("btyd_frequency"),
+        ((F.max(day_ts) - F.min(day_ts)) / DAY).alias("btyd_recency"),
+        ((F.lit(cutoff).cast("timestamp").cast("long") - F.min(day_ts)) / DAY).alias("btyd_T"),
+        (F.sum("day_spend") - F.min_by("day_spend", "day")).alias("repeat_spend"),
+    )
+    return per_user.select(
+        "user_id",
+        "btyd_frequency",
+        "btyd_recency",
+        "btyd_T",
+        F.when(F.col("btyd_frequency") > 0, F.col("repeat_spend") / F.col("btyd_frequency"))
+        .otherwise(0.0)
+        .alias("btyd_monetary_value"),
+    )
+
+
 def build_ltv_features(events: DataFrame, cutoff: datetime, horizon_days: int, name: str) -> DataFrame:
     c = F.lit(cutoff).cast("timestamp")
     end = F.lit(cutoff + timedelta(days=horizon_days)).cast("timestamp")
@@ -85,6 +117,7 @@ def build_ltv_features(events: DataFrame, cutoff: datetime, horizon_days: int, n
         F.sum(F.when(days_before <= 90, F.col("amount")).otherwise(0.0)).alias("spend_90d"),
         F.sum(F.when(days_before <= horizon_days, F.col("amount")).otherwise(0.0)).alias("spend_past_h"),
     ).where(F.col("n_purchases") > 0)  # customers: at least one purchase before the cut-off
+    btyd = build_btyd_summary(past, cutoff)
     label = (
         events.where((F.col("event_ts") >= c) & (F.col("event_ts") < end))
         .groupBy("user_id")
@@ -92,6 +125,7 @@ def build_ltv_features(events: DataFrame, cutoff: datetime, horizon_days: int, n
     )
     return (
         feats.join(label, "user_id", "left")
+        .join(btyd, "user_id", "left")
         .withColumn("label_value", F.greatest(F.coalesce("future_spend", F.lit(0.0)), F.lit(0.0)))
         .withColumn("label_active", F.coalesce("future_active", F.lit(0)))
         .withColumn("avg_order_value", F.col("gross_spend") / F.greatest("n_purchase_days", F.lit(1)))

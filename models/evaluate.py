@@ -75,10 +75,24 @@ def predict_ltv(fs: FeatureSet, loaded: LoadedModel, cutoff: str):
     return frame, np.concatenate(p_all).astype(float), np.concatenate(ev_all).astype(float)
 
 
-def evaluate_ltv(fs: FeatureSet, loaded: LoadedModel) -> dict[str, dict[str, float]]:
+def evaluate_ltv(fs: FeatureSet, loaded: LoadedModel, with_btyd: bool = True) -> dict[str, dict[str, float]]:
     frame, _, ev = predict_ltv(fs, loaded, "eval")
     if frame.empty:
         return {}
     actual = frame["label_value"].to_numpy(dtype=float)
     naive = np.maximum(frame["spend_past_h"].to_numpy(dtype=float), 0.0)
-    return {"ziln": ltv_metrics(actual, ev), "naive_past_spend": ltv_metrics(actual, naive)}
+    results = {"ziln": ltv_metrics(actual, ev), "naive_past_spend": ltv_metrics(actual, naive)}
+    if with_btyd:
+        results["bgnbd_gamma_gamma"] = ltv_metrics(actual, btyd_expected_value(frame, fs.split["horizon_days"]))
+    return results
+
+
+def btyd_expected_value(frame, horizon_days: float) -> np.ndarray:
+    """BG/NBD + Gamma-Gamma (PyMC-Marketing) fitted on the customers' purchase histories before the cut-off."""
+    from models.btyd import bgnbd_gamma_gamma
+
+    summary = frame[["user_id", "btyd_frequency", "btyd_recency", "btyd_T", "btyd_monetary_value"]].rename(
+        columns=lambda c: c.removeprefix("btyd_"))
+    summary["monetary_value"] = summary["monetary_value"].clip(lower=0.0)  # net of returns it can dip below 0
+    predicted = bgnbd_gamma_gamma(summary, horizon_days).set_index("user_id")
+    return predicted["expected_value"].reindex(frame["user_id"]).fillna(0.0).to_numpy(dtype=float)
