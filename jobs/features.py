@@ -7,7 +7,8 @@ Writes, under --out:
   items/          item_idx (1..n; 0 is padding), item_id, title, category, price, n_events, n_users
   sequences/      per user, time-ordered arrays: items, types, ts (epoch s); runs of the same item collapsed
                   to their last (strongest) event, e.g. view -> cart -> purchase becomes one purchase token
-  ltv_features/   per customer and cut-off (train = D-2H, eval = D-H, score = D): RFM features computed from
+  ltv_features/   per customer and cut-off (train = D-2H and, with --ltv-train-windows, train_1 = D-3H, ...;
+                  eval = D-H; score = D): RFM features computed from
                   events strictly before the cut-off (btyd_*: the BG/NBD + Gamma-Gamma summary of models/btyd.py),
                   and the label: net spend in [cut-off, cut-off + H)
   split.json      the cut-off timestamps of the temporal split
@@ -95,6 +96,18 @@ def build_btyd_summary(past: DataFrame, cutoff: datetime) -> DataFrame:
     )
 
 
+def ltv_train_cutoffs(end: datetime, horizon_days: int, windows: int, first_event: datetime) -> dict[str, str]:
+    """LTV training cut-offs D-2H, D-3H, ... (names train, train_1, ...): every label window ends by D-H, so
+    nothing of the evaluation window leaks; earlier windows add seasons (a year back holds the same season as
+    the evaluation window when 4H >= 365 days). A cut-off needs 30 days of history before it to be kept."""
+    cutoffs = {}
+    for k in range(max(1, windows)):
+        cutoff = end - timedelta(days=(2 + k) * horizon_days)
+        if k == 0 or cutoff - first_event >= timedelta(days=30):
+            cutoffs["train" if k == 0 else f"train_{k}"] = cutoff.isoformat()
+    return cutoffs
+
+
 def build_ltv_features(events: DataFrame, cutoff: datetime, horizon_days: int, name: str) -> DataFrame:
     c = F.lit(cutoff).cast("timestamp")
     end = F.lit(cutoff + timedelta(days=horizon_days)).cast("timestamp")
@@ -144,6 +157,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--as-of", default=None)
     ap.add_argument("--horizon-days", type=int, default=90)
     ap.add_argument("--holdout-days", type=int, default=14)
+    ap.add_argument("--ltv-train-windows", type=int, default=1,
+                    help="LTV training cut-offs D-2H, D-3H, ... (each labelled by the H days after it)")
     args = ap.parse_args(argv)
 
     spark = SparkSession.builder.appName("ltvrec-features").config("spark.sql.session.timeZone", "UTC").getOrCreate()
@@ -152,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     events = spark.read.parquet(args.events).withColumn("event_ts", F.col("event_ts").cast("timestamp")).cache()
     items_in = spark.read.parquet(args.items)
 
-    last = events.agg(F.max("event_ts")).first()[0]
+    first, last = events.agg(F.min("event_ts"), F.max("event_ts")).first()
     if last is None:
         raise SystemExit("features: no clean events to build features from")
     as_of = datetime.fromisoformat(args.as_of) if args.as_of else datetime(last.year, last.month, last.day)
@@ -163,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
         "test_start": (end - timedelta(days=args.holdout_days)).isoformat(),
         "valid_start": (end - timedelta(days=2 * args.holdout_days)).isoformat(),
         "ltv_cutoffs": {
-            "train": (end - timedelta(days=2 * args.horizon_days)).isoformat(),
+            **ltv_train_cutoffs(end, args.horizon_days, args.ltv_train_windows, first),
             "eval": (end - timedelta(days=args.horizon_days)).isoformat(),
             "score": end.isoformat(),
         },

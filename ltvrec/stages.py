@@ -179,7 +179,7 @@ def features(run_dir: Path) -> dict:
     rows = {t: wh.export_parquet("marts", t, marts / f"{t}.parquet") for t in ("fct_events", "dim_items")}
     args = ["--events", str(marts / "fct_events.parquet"), "--items", str(marts / "dim_items.parquet"),
             "--out", str(run_dir / "features"), "--horizon-days", str(cfg.horizon_days),
-            "--holdout-days", str(cfg.holdout_days)]
+            "--holdout-days", str(cfg.holdout_days), "--ltv-train-windows", str(cfg.ltv_train_windows)]
     _spark_submit(cfg, "features.py", args + (["--as-of", cfg.as_of] if cfg.as_of else []))
     out = run_dir / "features"
     ltv = pq.read_table(out / "ltv_features", columns=["cutoff"]).to_pandas()["cutoff"].value_counts().to_dict()

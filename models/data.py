@@ -19,7 +19,7 @@ RETURN_CODE = 5
 LTV_FEATURES = [
     "n_purchases", "n_purchase_days", "net_spend", "gross_spend", "returned_spend", "recency_days",
     "tenure_days", "n_events", "n_items", "spend_30d", "spend_90d", "spend_past_h", "avg_order_value",
-    "returns_share",
+    "returns_share", "btyd_frequency", "btyd_recency", "btyd_T", "btyd_monetary_value"
 ]
 
 
@@ -96,6 +96,10 @@ class FeatureSet:
         """Items and types of each given user's first ends[u] events."""
         return [self.items[u][: ends[u]] for u in users], [self.types[u][: ends[u]] for u in users]
 
+    def ltv_train_cutoffs(self) -> list[str]:
+        """Names of the LTV training cut-offs (train = D-2H, then train_1 = D-3H, ...)."""
+        return [name for name in self.split["ltv_cutoffs"] if name == "train" or name.startswith("train_")]
+
     def ltv_frame(self, cutoff: str) -> pd.DataFrame:
         """LTV rows of one cut-off ('train', 'eval' or 'score'), with the user's sequence position."""
         frame = self.ltv[self.ltv["cutoff"] == cutoff].copy()
@@ -151,7 +155,8 @@ class FeatureScaler:
     @classmethod
     def fit(cls, frame: pd.DataFrame) -> "FeatureScaler":
         x = cls._log(frame)
-        return cls(mean=x.mean(axis=0), std=x.std(axis=0) + 1e-6)
+        std = x.std(axis=0)
+        return cls(mean=x.mean(axis=0), std=np.where(std > 1e-6, std, 1.0))  # a constant column stays finite
 
     def transform(self, frame: pd.DataFrame) -> np.ndarray:
         return ((self._log(frame) - self.mean) / self.std).astype(np.float32)

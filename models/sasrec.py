@@ -27,6 +27,7 @@ class ModelConfig:
     n_layers: int = 2
     dropout: float = 0.2
     text_dim: int = 0  # > 0: item text vectors (buffer `item_text`) are projected and added to item embeddings
+    ltv_user_dim: int = 8  # the shared user vector enters the LTV head through this bottleneck
 
 
 class Block(nn.Module):
@@ -65,8 +66,11 @@ class SeqRecModel(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(cfg.d_model)
+        # a narrow view of the user vector: with a few thousand customers, all 64 dimensions overfit the head
+        self.ltv_user = nn.Sequential(nn.Linear(cfg.d_model, cfg.ltv_user_dim), nn.Dropout(cfg.dropout))
         self.ltv_head = nn.Sequential(
-            nn.Linear(cfg.d_model + cfg.n_ltv_features, cfg.d_model), nn.GELU(), nn.Linear(cfg.d_model, 3)
+            nn.Linear(cfg.ltv_user_dim + cfg.n_ltv_features, cfg.d_model), nn.GELU(),
+            nn.Linear(cfg.d_model, cfg.d_model), nn.GELU(), nn.Linear(cfg.d_model, 3)
         )
         nn.init.normal_(self.item_emb.weight, std=0.02)
         with torch.no_grad():
@@ -101,7 +105,7 @@ class SeqRecModel(nn.Module):
 
     def ltv_params(self, user_vec: torch.Tensor, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """ZILN parameters: purchase logit, lognormal mu and sigma (> 0)."""
-        out = self.ltv_head(torch.cat([user_vec, feats], dim=-1))
+        out = self.ltv_head(torch.cat([self.ltv_user(user_vec), feats], dim=-1))
         return out[:, 0], out[:, 1], F.softplus(out[:, 2]) + 1e-3
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -24,6 +24,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -66,8 +67,14 @@ class TrainingExamples(Dataset):
         self.types = torch.as_tensor(pad_left(types, length))
         self.targets = torch.as_tensor(pad_left(targets, length))
 
-        ltv = fs.ltv_frame("train")
-        _, l_items, l_types = fs.histories(epoch(fs.split["ltv_cutoffs"]["train"]), ltv["user_pos"].to_numpy())
+        # every training cut-off's customers, each with the history before that cut-off
+        frames = [fs.ltv_frame(name) for name in fs.ltv_train_cutoffs()]
+        ltv = pd.concat(frames, ignore_index=True)
+        l_items, l_types = [], []
+        for name, frame in zip(fs.ltv_train_cutoffs(), frames):
+            _, its, tys = fs.histories(epoch(fs.split["ltv_cutoffs"][name]), frame["user_pos"].to_numpy())
+            l_items += its
+            l_types += tys
         self.has_ltv = len(ltv) > 0
         if self.has_ltv:
             self.ltv_items = torch.as_tensor(pad_left(l_items, length))
@@ -141,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     np.random.seed(cfg.seed + rank)
 
     fs = FeatureSet.load(run_dir / "features")
-    train_ltv = fs.ltv_frame("train")
+    train_ltv = pd.concat([fs.ltv_frame(name) for name in fs.ltv_train_cutoffs()], ignore_index=True)
     scaler = FeatureScaler.fit(train_ltv) if len(train_ltv) else FeatureScaler(
         mean=np.zeros(len(LTV_FEATURES)), std=np.ones(len(LTV_FEATURES)))
     protocol = Protocol.build(fs, cfg.eval_protocol)

@@ -75,3 +75,19 @@ def test_ltv_features_do_not_leak_past_the_cutoff(features):
     assert s["net_spend"] == 35.0 and s["returns_share"] == pytest.approx(5 / 40)
     assert ("train", "c") not in ltv.index and ("score", "c") not in ltv.index  # not customers
     assert ltv.loc[("train", "b")]["recency_days"] == pytest.approx(31.0)
+
+
+def test_ltv_training_windows_end_before_the_evaluation_window():
+    from datetime import datetime, timedelta
+
+    from jobs.features import ltv_train_cutoffs
+
+    end, h = datetime(2011, 12, 10), 90
+    cutoffs = ltv_train_cutoffs(end, h, 4, first_event=datetime(2009, 12, 1))
+    assert list(cutoffs) == ["train", "train_1", "train_2", "train_3"]
+    assert cutoffs["train_3"] == (end - timedelta(days=5 * h)).isoformat()
+    evaluation_start = end - timedelta(days=h)
+    assert all(datetime.fromisoformat(c) + timedelta(days=h) <= evaluation_start for c in cutoffs.values())
+    # a cut-off with under 30 days of history before it is dropped; the first one is always kept
+    assert list(ltv_train_cutoffs(end, h, 4, first_event=end - timedelta(days=300))) == ["train", "train_1"]
+    assert list(ltv_train_cutoffs(end, h, 4, first_event=end - timedelta(days=100))) == ["train"]
