@@ -37,3 +37,17 @@ compose-check:
 
 clean:
 	rm -rf .ltvrec
+
+# Separate venv for bench/recbole_sasrec.py (RecBole 1.2.1 needs numpy<2, so pyarrow<26 too; recbole --no-deps skips
+# ray/thop/plotly, which only its quick_start/hyper-tuning import).
+RECBOLE_VENV := .venv-recbole
+.PHONY: recbole-venv
+recbole-venv: $(RECBOLE_VENV)/.installed
+
+$(RECBOLE_VENV)/.installed:
+	test -x $(RECBOLE_VENV)/bin/python || python3.11 -m venv $(RECBOLE_VENV)
+	$(RECBOLE_VENV)/bin/pip install -q --disable-pip-version-check torch==2.13.0 numpy==1.26.4 pandas==2.3.3 pyarrow==25.0.1 \
+	  scipy==1.17.1 scikit-learn==1.9.1 tensorboard==2.21.0 colorlog==4.7.2 colorama==0.4.4 tqdm==4.70.1 pyyaml==6.0.3 \
+	  texttable==1.7.2 tabulate==0.10.0 psutil==7.2.2 2>&1 | $(PIP_QUIET)
+	$(RECBOLE_VENV)/bin/pip install -q --disable-pip-version-check --no-deps recbole==1.2.1 2>&1 | $(PIP_QUIET)
+	touch $@

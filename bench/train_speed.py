@@ -119,13 +119,14 @@ def export_interactions(run_dir: Path, out: Path) -> Path:
     return out
 
 
-def recbole(interactions: Path, epochs: int, max_len: int, d_model: int, batch: int) -> dict:
+def recbole(interactions: Path, epochs: int, max_len: int, d_model: int, batch: int, max_batches: int) -> dict:
     python = ROOT / ".venv-recbole" / "bin" / "python"
     if not python.exists():
         return {"skipped": "no .venv-recbole: run `make recbole-venv` first"}
     proc = subprocess.run([str(python), str(ROOT / "bench" / "recbole_sasrec.py"), "--interactions", str(interactions),
                            "--epochs", str(epochs), "--max-len", str(max_len), "--d-model", str(d_model),
-                           "--batch-size", str(batch), "--eval-step", str(epochs)], capture_output=True, text=True)
+                           "--batch-size", str(batch), "--eval-step", str(epochs), "--max-batches", str(max_batches)],
+                          capture_output=True, text=True)
     if proc.returncode != 0:
         return {"failed": proc.stderr[-2000:]}
     return json.loads(proc.stdout)
@@ -139,6 +140,9 @@ def main() -> None:
     ap.add_argument("--nproc", type=int, default=2)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--recbole", action="store_true", help="also train RecBole's SASRec on the same data")
+    ap.add_argument("--recbole-max-batches", type=int, default=0,
+                    help="speed probe: RecBole trains only N batches per epoch and its epoch time is extrapolated "
+                         "(its test NDCG then means nothing); 0 = full epochs")
     ap.add_argument("--users-sweep", type=int, nargs="*", help="peak training RSS for these user counts (1 epoch each)")
     args = ap.parse_args()
     out: dict = {"machine_cpus": os.cpu_count(), "torch_processes": args.nproc}
@@ -165,7 +169,7 @@ def main() -> None:
         out["ltvrec"]["test"] = test_metrics(run_dir)
         if args.recbole:
             rb = recbole(export_interactions(run_dir, Path(home) / "interactions.parquet"), args.epochs,
-                         cfg.max_seq_len, cfg.d_model, cfg.batch_size)
+                         cfg.max_seq_len, cfg.d_model, cfg.batch_size, args.recbole_max_batches)
             out["recbole_sasrec"] = rb
             if "seconds_per_epoch" in rb:
                 out["ratio_epoch_time_recbole_over_ltvrec"] = round(
