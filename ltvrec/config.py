@@ -59,6 +59,9 @@ class RunConfig:
     items_path: str | None = None
     as_of: str | None = None  # YYYY-MM-DD; default: date of the last event
     top_n: int = 10
+    # how the published top-N is ordered: relevance (the model's score) or expected_value (the probability that
+    # the user's next new item is this one x its catalogue price: the expected revenue of the recommendation)
+    rank_by: str = "relevance"
     horizon_days: int = 90
     holdout_days: int = 14
     eval_protocol: str | None = None  # temporal or leave_one_out (each user's last event is test); by source
@@ -88,6 +91,9 @@ class RunConfig:
     # lowered the normalized Gini of a features-only ZILN from 0.827 to 0.794 and made its tail unstable.
     ltv_train_windows: int = 1
     repeat_targets: bool = False  # also train on items the user already had (evaluation counts only new ones)
+    # what each position learns to predict: next_item, or next_basket (an item of the next group of events sharing
+    # a timestamp; see models/train.py). Default by protocol: next_basket for temporal, next_item for leave_one_out.
+    target: str | None = None
     loss: str = "auto"  # full | sampled | auto (full softmax up to SAMPLED_SOFTMAX_ABOVE items)
     n_negatives: int = 2048  # shared negatives per batch for the sampled softmax
     warm_start: bool = False  # initialise from the current @champion (continual training)
@@ -113,10 +119,16 @@ class RunConfig:
             raise ValueError(f"config key 'source': {self.source!r} is not one of {', '.join(SOURCES)}")
         if self.source != "synthetic" and not self.path:
             raise ValueError(f"source {self.source!r} needs a path (--path)")
+        if self.rank_by not in ("relevance", "expected_value"):
+            raise ValueError(f"config key 'rank_by': {self.rank_by!r} is not relevance or expected_value")
         if self.loss not in ("auto", "full", "sampled"):
             raise ValueError(f"config key 'loss': {self.loss!r} is not auto, full or sampled")
         if self.eval_protocol not in ("temporal", "leave_one_out"):
             raise ValueError(f"config key 'eval_protocol': {self.eval_protocol!r} is not temporal or leave_one_out")
+        if self.target is None:
+            self.target = "next_basket" if self.eval_protocol == "temporal" else "next_item"
+        if self.target not in ("next_item", "next_basket"):
+            raise ValueError(f"config key 'target': {self.target!r} is not next_item or next_basket")
         if self.as_of is not None and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", self.as_of):
             raise ValueError(f"config key 'as_of': expected YYYY-MM-DD, got {self.as_of!r}")
         for key in ("top_n", "horizon_days", "holdout_days", "nproc", "epochs", "batch_size", "max_seq_len"):

@@ -48,21 +48,20 @@ class TrainingExamples(Dataset):
         inputs, types, targets = [], [], []
         for u in range(len(fs.users)):
             end = int(ends[u])
-            # a return is never a target; an item the user already had is not one either unless asked for,
-            # because evaluation and scoring recommend only items new to the user
-            usable = fs.types[u][:end] != RETURN_CODE
-            if not cfg.repeat_targets:
-                usable &= first_occurrence(fs.items[u][:end])
-            while end >= 2:  # chunks of length+1 from the end; consecutive chunks share one event
-                start = max(0, end - (length + 1))
-                its, tys = fs.items[u][start:end], fs.types[u][start:end]
-                target = np.where(usable[start + 1:end], its[1:], 0)
-                if target.any():
-                    inputs.append(its[:-1]), types.append(tys[:-1]), targets.append(target)
-                end = start + 1 if start > 0 else 0
-        if not inputs:
-            raise ValueError(f"no user has two events before the validation window ({protocol_name} protocol): "
-                             "nothing to train on")
+            target = position_targets(fs.items[u][:end], fs.types[u][:end], fs.ts[u][:end], cfg.target,
+                                      cfg.repeat_targets)
+            stop = end - 1  # the last event has no successor
+            while stop > 0:  # chunks of `length` input positions, from the most recent backwards
+                start = max(0, stop - length)
+                if target[start:stop].any():
+                    inputs.append(fs.items[u][start:stop]), types.append(fs.types[u][start:stop])
+                    targets.append(target[start:stop])
+                stop = start
+        self.has_rec = bool(inputs)
+        if not inputs:  # e.g. a one-item catalogue: every later event repeats an item the user already has
+            print(f"no next-item targets before the validation window ({protocol_name} protocol): no user has a "
+                  "new item after a first event; the recommender part is skipped, only the LTV head learns", flush=True)
+            inputs, types, targets = [np.zeros(1, np.int64)], [np.zeros(1, np.int64)], [np.zeros(1, np.int64)]
         self.items = torch.as_tensor(pad_left(inputs, length))
         self.types = torch.as_tensor(pad_left(types, length))
         self.targets = torch.as_tensor(pad_left(targets, length))
@@ -86,6 +85,9 @@ class TrainingExamples(Dataset):
             self.ltv_types = torch.ones(1, length, dtype=torch.long)
             self.ltv_feats = torch.zeros(1, scaler.mean.shape[0])
             self.ltv_label = torch.zeros(1)
+        if not (self.has_rec or self.has_ltv):
+            raise ValueError(f"nothing to train on before the validation window ({protocol_name} protocol): no user has "
+                             "a new item after a first event and no customer has a purchase before the LTV cut-off")
 
     def __len__(self) -> int:
         return max(len(self.items), len(self.ltv_label) if self.has_ltv else 0)
@@ -105,6 +107,35 @@ def first_occurrence(items: np.ndarray) -> np.ndarray:
     first[np.unique(items, return_index=True)[1]] = True
     return first
 
+
+def position_targets(items: np.ndarray, types: np.ndarray, ts: np.ndarray, kind: str, repeats: bool) -> np.ndarray:
+    """The training target of each position of one user's events (0: none).
+
+    A return is never a target; an item the user already had is not one either unless `repeats`, because
+    evaluation and scoring recommend only items new to the user.
+    next_item: the next event's item.
+    next_basket: an item of the next basket (the next group of events sharing a timestamp), the basket's
+    usable items assigned round-robin to the positions of the current basket. At prediction time the history
+    ends with a complete basket and the question is the next visit; within-basket order (invoice line
+    order) says little about it. With distinct timestamps this equals next_item.
+    """
+    usable = types != RETURN_CODE
+    if not repeats:
+        usable &= first_occurrence(items)
+    target = np.zeros(len(items), dtype=np.int64)
+    if kind == "next_item":
+        target[:-1] = np.where(usable[1:], items[1:], 0)
+        return target
+    if kind != "next_basket":
+        raise ValueError(f"unknown training target {kind!r}: use next_item or next_basket")
+    starts = np.flatnonzero(np.r_[True, ts[1:] != ts[:-1]])  # first event of each basket
+    bounds = np.r_[starts, len(items)]
+    for g in range(len(starts) - 1):
+        candidates = items[bounds[g + 1]:bounds[g + 2]][usable[bounds[g + 1]:bounds[g + 2]]]
+        if len(candidates):
+            size = bounds[g + 1] - bounds[g]
+            target[bounds[g]:bounds[g + 1]] = candidates[np.arange(size) % len(candidates)]
+    return target
 
 def validate(model: SeqRecModel, fs: FeatureSet, protocol: Protocol, max_users: int = 5000) -> dict[str, float]:
     """Full-ranking NDCG/HR@10 on the validation window (seen items excluded)."""

@@ -5,7 +5,7 @@ import pandas as pd
 
 from ltvrec.config import RunConfig
 from models.data import LTV_FEATURES, FeatureScaler, FeatureSet, Protocol
-from models.train import TrainingExamples, first_occurrence
+from models.train import TrainingExamples, first_occurrence, position_targets
 
 A, B, C, D, E = 1, 2, 3, 4, 5
 PURCHASE, RETURN = 3, 5
@@ -47,3 +47,32 @@ def test_long_histories_are_cut_into_overlapping_chunks():
     examples = TrainingExamples(fs, RunConfig(max_seq_len=2), scaler, np.array([5]), "test")
     covered = sorted(t for row in examples.targets.numpy() for t in row if t)
     assert covered == [B, C, D, E]  # every event after the first is a target exactly once
+
+
+def test_next_basket_targets_come_from_the_next_basket_round_robin():
+    items = np.array([A, B, C, D, E, A])
+    types = np.array([PURCHASE, PURCHASE, PURCHASE, PURCHASE, RETURN, PURCHASE])
+    ts = np.array([10, 10, 10, 20, 20, 30])  # baskets {A, B, C}, {D, E(returned)}, {A (repeat)}
+
+    # every position of the first basket learns the next basket's only usable item; nothing follows the second
+    assert position_targets(items, types, ts, "next_basket", repeats=False).tolist() == [D, D, D, 0, 0, 0]
+    assert position_targets(items, types, ts, "next_basket", repeats=True).tolist() == [D, D, D, A, A, 0]
+    assert position_targets(items, types, ts, "next_item", repeats=False).tolist() == [B, C, D, 0, 0, 0]
+    two = np.array([10, 10, 10, 20, 20, 20])
+    both = position_targets(np.array([A, B, C, D, E, B]), np.full(6, PURCHASE), two, "next_basket", repeats=False)
+    assert both.tolist() == [D, E, D, 0, 0, 0]  # usable items of the next basket assigned in turn
+
+
+def test_next_basket_equals_next_item_when_timestamps_are_distinct():
+
+    items, types = np.array([A, B, A, C, D]), np.array([PURCHASE, PURCHASE, PURCHASE, RETURN, PURCHASE])
+    ts = np.arange(5) * 100
+    for repeats in (False, True):
+        assert (position_targets(items, types, ts, "next_basket", repeats).tolist()
+                == position_targets(items, types, ts, "next_item", repeats).tolist())
+
+
+def test_target_defaults_by_protocol():
+    assert RunConfig(eval_protocol="temporal").target == "next_basket"
+    assert RunConfig(eval_protocol="leave_one_out").target == "next_item"
+    assert RunConfig(source="movielens", path="x").target == "next_item"
