@@ -61,6 +61,7 @@ def run(
     epochs: Optional[int] = typer.Option(None, help="maximum training epochs (early stopping decides)"),
     nproc: Optional[int] = typer.Option(None, help="torchrun processes"),
     warm_start: bool = typer.Option(False, help="fine-tune the current @champion on the new data"),
+    rank_by: Optional[str] = typer.Option(None, help="relevance (default) or expected_value: P(item) x catalogue price"),
     synthetic_users: Optional[int] = typer.Option(None, help="users for --source synthetic"),
     warehouse_url: Optional[str] = typer.Option(None, help="duckdb:///file or postgresql://...; default DuckDB in LTVREC_HOME"),
     conf: Optional[str] = typer.Option(None, help="extra DAG params as JSON, e.g. '{\"holdout_days\": 7}'"),
@@ -69,7 +70,7 @@ def run(
     params = {"source": source, "path": str(Path(path).resolve()) if path else None,
               "items_path": str(Path(items_path).resolve()) if items_path else None, "as_of": as_of,
               "top_n": top_n, "horizon_days": horizon_days, "eval_protocol": eval_protocol, "epochs": epochs, "nproc": nproc,
-              "warm_start": warm_start or None,
+              "warm_start": warm_start or None, "rank_by": rank_by,
               "synthetic_users": synthetic_users, "warehouse_url": warehouse_url}
     params = {k: v for k, v in params.items() if v is not None} | (json.loads(conf) if conf else {})
     try:

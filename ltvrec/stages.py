@@ -277,14 +277,17 @@ def evaluate(run_dir: Path) -> dict:
 
     from models.checkpoint import LoadedModel
     from models.data import FeatureSet, Protocol
-    from models.evaluate import evaluate_ltv, evaluate_recommendations
+    from models.charts import ltv_charts
+    from models.evaluate import evaluate_recommendations, ltv_predictions
+    from models.metrics import ltv_metrics
 
     cfg = RunConfig.load(run_dir)
     fs = FeatureSet.load(run_dir / "features")
     loaded = LoadedModel.from_file(run_dir / "train" / "final.pt")
     rec = evaluate_recommendations(fs, loaded, Protocol.build(fs, cfg.eval_protocol),
                                    factors=_als_factors(run_dir, len(fs.users), fs.n_items))
-    ltv = evaluate_ltv(fs, loaded)
+    actual, predictions = ltv_predictions(fs, loaded)
+    ltv = {name: ltv_metrics(actual, value, activity) for name, (value, activity) in predictions.items()}
     table = pd.DataFrame(
         [{"task": "recommendation", "model": m, **v} for m, v in rec.items() if not m.startswith("_")]
         + [{"task": "ltv", "model": m, **v} for m, v in ltv.items()]
@@ -293,6 +296,7 @@ def evaluate(run_dir: Path) -> dict:
     out.mkdir(exist_ok=True)
     table.to_csv(out / "model_comparison.csv", index=False)
     (out / "model_comparison.md").write_text(table.to_markdown(index=False))
+    ltv_charts(actual, {name: value for name, (value, _) in predictions.items()}, out)
     metrics = {f"test_{m}_{k}": v for m, vals in rec.items() if not m.startswith("_") for k, v in vals.items()}
     metrics |= {f"ltv_{m}_{k}": v for m, vals in ltv.items() for k, v in vals.items()}
     tracking_setup(cfg)
@@ -348,7 +352,7 @@ def score(run_dir: Path) -> dict:
     champion = MlflowClient().get_model_version_by_alias(cfg.registered_model, "champion")
     loaded = LoadedModel.from_registry(f"models:/{cfg.registered_model}@champion")
     fs = FeatureSet.load(run_dir / "features")
-    recs, ltv = score_recommendations(fs, loaded, cfg.top_n), score_ltv(fs, loaded)
+    recs, ltv = score_recommendations(fs, loaded, cfg.top_n, cfg.rank_by), score_ltv(fs, loaded)
     run_date = fs.split["as_of"]
     generated_at = datetime.now(timezone.utc).replace(tzinfo=None)
     meta = {"run_date": pa.scalar(pd.Timestamp(run_date).date(), pa.date32()), "generated_at": pa.scalar(generated_at, pa.timestamp("us")),
@@ -364,6 +368,9 @@ def score(run_dir: Path) -> dict:
                             "mlflow_run_id", "generated_at"], {"model_name": pa.scalar(cfg.registered_model)})
     ltv = with_meta(ltv, ["run_date", "user_id", "horizon_days", "p_active", "expected_value", "model_version",
                           "mlflow_run_id", "generated_at"], {"horizon_days": pa.scalar(cfg.horizon_days, pa.int32())})
+    if recs.num_rows == 0:
+        log.warning("no recommendations: every user has already interacted with every item of the %d-item catalogue; "
+                    "only LTV estimates are published", fs.n_items - 1)
     out = run_dir / "scores"
     out.mkdir(exist_ok=True)
     pq.write_table(recs, out / "recommendations.parquet")
@@ -383,7 +390,9 @@ def gate_scores(run_dir: Path) -> dict:
     seen = seq.explode("items").merge(items, left_on="items", right_on="item_idx")[["user_id", "item_id"]].drop_duplicates()
     recs = recs.merge(seen.assign(seen_before=True), on=["user_id", "item_id"], how="left")
     recs["seen_before"] = recs["seen_before"].fillna(False).astype(bool)
-    return _gate(run_dir, "scores", {"recommendations": recs, "ltv_estimates": ltv}, {"top_n": cfg.top_n})
+    with_unseen = int((seen.groupby("user_id").size() < len(items)).sum())
+    return _gate(run_dir, "scores", {"recommendations": recs, "ltv_estimates": ltv},
+                 {"top_n": cfg.top_n, "users_with_unseen_items": with_unseen})
 
 
 @stage

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from models.data import FeatureScaler
@@ -18,6 +19,8 @@ class LoadedModel:
         self.model.load_state_dict(ckpt["model"])
         self.model.eval()
         self.item_ids: list[str] = ckpt["item_ids"]
+        # catalogue price by model item index (0 = padding); value-aware ranking multiplies by it
+        self.item_price = np.asarray(ckpt.get("item_price") or [0.0] * (len(self.item_ids) + 1), dtype=np.float64)
         self.scaler = FeatureScaler.from_dict(ckpt["scaler"])
         self.run_config: dict = ckpt["run_config"]
 

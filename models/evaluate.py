@@ -13,7 +13,7 @@ import torch
 
 from models.checkpoint import LoadedModel
 from models.data import FeatureSet, Protocol, epoch, pad_left
-from models.metrics import ltv_metrics, ranking_metrics
+from models.metrics import ranking_metrics
 from models.ranking import factor_topk, model_topk, popularity_topk
 from models.sasrec import ziln_expected_value
 
@@ -44,14 +44,20 @@ def evaluate_recommendations(fs: FeatureSet, loaded: LoadedModel, protocol: Prot
     topk_model, _, _ = model_topk(loaded.model, its, tys, k=max(KS))
     run_index = {item: i + 1 for i, item in enumerate(fs.item_ids)}
     to_run = np.array([0] + [run_index.get(i, 0) for i in loaded.item_ids], dtype=np.int64)
-    n = fs.n_items - 1
-    results = {"model": ranking_metrics(to_run[topk_model], targets, KS, n)}
+    n, price = fs.n_items - 1, fs.item_price
+
+    def metrics(topk: np.ndarray) -> dict[str, float]:
+        return ranking_metrics(topk, targets, KS, n, item_price=price)
+
+    results = {"model": metrics(to_run[topk_model])}
+    if (loaded.item_price > 0).any():  # value-aware ranking (rank_by=expected_value), where items have prices
+        topk_value, _, _ = model_topk(loaded.model, its, tys, k=max(KS), item_value=loaded.item_price)
+        results["model_expected_value"] = metrics(to_run[topk_value])
     counts = np.bincount(np.concatenate(own_items), minlength=fs.n_items).astype(float)
-    results["popularity"] = ranking_metrics(popularity_topk(counts, own_items, k=max(KS)), targets, KS, n)
+    results["popularity"] = metrics(popularity_topk(counts, own_items, k=max(KS)))
     if factors is not None:
         user_vecs, item_vecs = factors
-        topk_als = factor_topk(torch.as_tensor(user_vecs[users]), torch.as_tensor(item_vecs), own_items, k=max(KS))
-        results["als"] = ranking_metrics(topk_als, targets, KS, n)
+        results["als"] = metrics(factor_topk(torch.as_tensor(user_vecs[users]), torch.as_tensor(item_vecs), own_items, k=max(KS)))
     results["_users"] = {"n_test_users": float(len(users))}
     return results
 
@@ -75,24 +81,31 @@ def predict_ltv(fs: FeatureSet, loaded: LoadedModel, cutoff: str):
     return frame, np.concatenate(p_all).astype(float), np.concatenate(ev_all).astype(float)
 
 
-def evaluate_ltv(fs: FeatureSet, loaded: LoadedModel, with_btyd: bool = True) -> dict[str, dict[str, float]]:
-    frame, _, ev = predict_ltv(fs, loaded, "eval")
+def ltv_predictions(fs: FeatureSet, loaded: LoadedModel, with_btyd: bool = True):
+    """(actual spend, {model: (expected value, activity score)}) at the `eval` cut-off (D - H).
+
+    The activity score orders customers by their chance of buying in the horizon (for AUC-PR): ZILN's
+    p_active, BG/NBD's expected number of purchases, the naive model's past spend.
+    """
+    frame, p, ev = predict_ltv(fs, loaded, "eval")
     if frame.empty:
-        return {}
+        return np.zeros(0), {}
     actual = frame["label_value"].to_numpy(dtype=float)
     naive = np.maximum(frame["spend_past_h"].to_numpy(dtype=float), 0.0)
-    results = {"ziln": ltv_metrics(actual, ev), "naive_past_spend": ltv_metrics(actual, naive)}
+    predictions = {"ziln": (ev, p), "naive_past_spend": (naive, naive)}
     if with_btyd:
-        results["bgnbd_gamma_gamma"] = ltv_metrics(actual, btyd_expected_value(frame, fs.split["horizon_days"]))
-    return results
+        btyd = btyd_predictions(frame, fs.split["horizon_days"])
+        predictions["bgnbd_gamma_gamma"] = (btyd["expected_value"], btyd["expected_purchases"])
+    return actual, predictions
 
 
-def btyd_expected_value(frame, horizon_days: float) -> np.ndarray:
-    """BG/NBD + Gamma-Gamma (PyMC-Marketing) fitted on the customers' purchase histories before the cut-off."""
+def btyd_predictions(frame, horizon_days: float) -> dict[str, np.ndarray]:
+    """BG/NBD + Gamma-Gamma (PyMC-Marketing) fitted on the customers' purchase histories before the cut-off:
+    expected_value and expected_purchases, aligned with `frame`."""
     from models.btyd import bgnbd_gamma_gamma
 
     summary = frame[["user_id", "btyd_frequency", "btyd_recency", "btyd_T", "btyd_monetary_value"]].rename(
         columns=lambda c: c.removeprefix("btyd_"))
     summary["monetary_value"] = summary["monetary_value"].clip(lower=0.0)  # net of returns it can dip below 0
-    predicted = bgnbd_gamma_gamma(summary, horizon_days).set_index("user_id")
-    return predicted["expected_value"].reindex(frame["user_id"]).fillna(0.0).to_numpy(dtype=float)
+    predicted = bgnbd_gamma_gamma(summary, horizon_days).set_index("user_id").reindex(frame["user_id"]).fillna(0.0)
+    return {c: predicted[c].to_numpy(dtype=float) for c in ("expected_value", "expected_purchases")}

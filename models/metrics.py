@@ -6,11 +6,13 @@ import numpy as np
 import pandas as pd
 
 
-def ranking_metrics(topk: np.ndarray, targets: list[set[int]], ks=(10, 20), n_items: int | None = None) -> dict[str, float]:
+def ranking_metrics(topk: np.ndarray, targets: list[set[int]], ks=(10, 20), n_items: int | None = None,
+                    item_price: np.ndarray | None = None) -> dict[str, float]:
     """HR, NDCG, Recall and MRR at each K (and catalogue coverage when n_items is given).
 
     topk: (U, >=max(ks)) recommended item indices, best first; targets: per user, the set of relevant items.
-    NDCG uses binary gains with the ideal DCG of min(|targets|, K) hits.
+    NDCG uses binary gains with the ideal DCG of min(|targets|, K) hits. With item_price (by item index):
+    revenue_K, the summed price of the hit items of all users (what the top-K would have sold at list price).
     """
     out: dict[str, float] = {}
     if len(targets) == 0:
@@ -28,6 +30,8 @@ def ranking_metrics(topk: np.ndarray, targets: list[set[int]], ks=(10, 20), n_it
         out[f"mrr_{k}"] = float(np.where(first > 0, 1.0 / np.maximum(first, 1), 0.0).mean())
         if n_items:
             out[f"coverage_{k}"] = float(len(np.unique(topk[:, :k])) / n_items)
+        if item_price is not None:
+            out[f"revenue_{k}"] = float((h * item_price[topk[:, :k]]).sum())
     return out
 
 
@@ -60,9 +64,25 @@ def decile_mape(actual: np.ndarray, predicted: np.ndarray) -> float:
     return float(((g["p"] - g["a"]).abs() / g["a"]).mean()) if len(g) else float("nan")
 
 
-def ltv_metrics(actual: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the precision-recall curve, as average precision: sum over score thresholds of
+    (recall gained) x (precision there); tied scores form one threshold."""
+    labels, scores = np.asarray(labels, dtype=bool), np.asarray(scores, dtype=float)
+    if not labels.any():
+        return float("nan")
+    order = np.argsort(-scores, kind="stable")
+    labels, scores = labels[order], scores[order]
+    last = np.r_[np.flatnonzero(scores[1:] != scores[:-1]), len(scores) - 1]  # last index of each threshold
+    tp = np.cumsum(labels)[last]
+    precision, recall = tp / (last + 1), tp / labels.sum()
+    return float((np.diff(np.r_[0.0, recall]) * precision).sum())
+
+
+def ltv_metrics(actual: np.ndarray, predicted: np.ndarray, activity: np.ndarray | None = None) -> dict[str, float]:
+    """LTV metrics of predicted values; with `activity` (any score that orders customers by their chance of
+    buying, e.g. ZILN's p_active) also auc_pr: average precision of that score for "bought again" (actual > 0)."""
     actual, predicted = np.asarray(actual, dtype=float), np.asarray(predicted, dtype=float)
-    return {
+    out = {
         "gini": normalized_gini(actual, predicted),
         "spearman": spearman(actual, predicted),
         "decile_mape": decile_mape(actual, predicted) if len(actual) >= 10 else float("nan"),
@@ -70,3 +90,7 @@ def ltv_metrics(actual: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
         "total_actual": float(actual.sum()),
         "n_customers": float(len(actual)),
     }
+    if activity is not None:
+        out["auc_pr"] = average_precision(actual > 0, activity)
+        out["bought_again_share"] = float((actual > 0).mean()) if len(actual) else float("nan")  # AUC-PR of chance
+    return out

@@ -20,10 +20,21 @@ def mask_seen(scores: torch.Tensor, seen: list[np.ndarray]) -> None:
 
 
 @torch.no_grad()
-def model_topk(model, items: list[np.ndarray], types: list[np.ndarray], k: int, chunk: int = 1024):
-    """Top-k (indices, scores) and final user vectors for each history; seen items excluded."""
+def model_topk(model, items: list[np.ndarray], types: list[np.ndarray], k: int, chunk: int = 1024,
+               item_value: np.ndarray | None = None):
+    """Top-k (indices, scores) and final user vectors for each history; seen items excluded.
+
+    By default items are ranked by the model's logit (relevance). With `item_value` (by model item index,
+    e.g. the catalogue price) they are ranked by expected value instead: P(next new item = i) x value_i, the
+    softmax taken over the items the user has not seen; the scores returned are then those expected values,
+    and items of value <= 0 are never recommended.
+    """
     model.eval()
     k = min(k, model.cfg.n_items - 1)
+    log_value = None
+    if item_value is not None:
+        value = torch.as_tensor(np.asarray(item_value, dtype=np.float32))
+        log_value = torch.where(value > 0, value.clamp(min=1e-30).log(), torch.tensor(float("-inf")))
     idx, val, vecs = [], [], []
     for start in range(0, len(items), chunk):
         its, tys = items[start : start + chunk], types[start : start + chunk]
@@ -32,9 +43,14 @@ def model_topk(model, items: list[np.ndarray], types: list[np.ndarray], k: int, 
         h = model.encode(x, t)[:, -1]
         scores = model.item_logits(h)
         mask_seen(scores, its)
+        if log_value is not None:  # (a user who has seen every item gets NaN rows: nothing to recommend)
+            scores = torch.nan_to_num(torch.log_softmax(scores.float(), dim=1) + log_value, nan=float("-inf"))
         top = scores.topk(k, dim=1)
         idx.append(top.indices.numpy())
-        val.append(top.values.float().numpy())
+        values = top.values.float()
+        if log_value is not None:  # -inf (nothing to recommend at that rank) stays -inf
+            values = torch.where(torch.isfinite(values), values.exp(), values)
+        val.append(values.numpy())
         vecs.append(h)
     if not idx:
         return np.zeros((0, k), np.int64), np.zeros((0, k), np.float32), torch.zeros(0, model.cfg.d_model)

@@ -11,11 +11,21 @@ from models.evaluate import predict_ltv, to_model_index
 from models.ranking import model_topk
 
 
-def score_recommendations(fs: FeatureSet, loaded: LoadedModel, top_n: int) -> pa.Table:
-    """One row per user and rank (fewer ranks only where a user has seen nearly every item)."""
+def score_recommendations(fs: FeatureSet, loaded: LoadedModel, top_n: int, rank_by: str = "relevance") -> pa.Table:
+    """One row per user and rank (fewer ranks only where a user has seen nearly every item).
+
+    rank_by="relevance": score = the model's logit; "expected_value": score = P(next new item) x catalogue price,
+    items without a price are not recommended.
+    """
+    value = None
+    if rank_by == "expected_value":
+        if not (loaded.item_price > 0).any():
+            raise ValueError("rank_by=expected_value needs item prices, but no item of the model's catalogue has a "
+                             "price > 0 (items file column 'price', or unit_price of purchases)")
+        value = loaded.item_price
     pos, own_items, own_types = fs.histories(epoch(fs.split["end"]))
     its, tys = to_model_index(fs, loaded, own_items, own_types)
-    topk, scores, _ = model_topk(loaded.model, its, tys, k=top_n)
+    topk, scores, _ = model_topk(loaded.model, its, tys, k=top_n, item_value=value)
     keep = np.isfinite(scores)  # -inf: nothing unseen left to recommend at that rank
     n_rank = topk.shape[1]
     item_ids = np.asarray([""] + list(loaded.item_ids), dtype=object)

@@ -103,3 +103,25 @@ def test_a_failing_stage_publishes_nothing(home, tmp_path):
     assert result.returncode == 1
     assert "stage ingest failed" in result.stderr and "column 'event_ts' row 1" in result.stderr
     assert query(home, "select count(*), max(generated_at) from serving.recommendations") == before
+
+
+def test_a_one_item_catalogue_still_publishes_ltv(tmp_path):
+    """Every user has the only item, so nothing is left to recommend: the run says so and publishes LTV alone."""
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    lines = ["user_id,item_id,event_type,event_ts,quantity,unit_price"]
+    for u in range(60):
+        for day in sorted(rng.choice(360, size=int(rng.integers(2, 12)), replace=False)):
+            lines.append(f"u{u},only,purchase,2025-{1 + day // 30:02d}-{1 + day % 28:02d}T10:00:00,"
+                         f"{int(rng.integers(1, 4))},{rng.uniform(5, 50):.2f}")
+    events = tmp_path / "events.csv"
+    events.write_text("\n".join(lines) + "\n")
+    home = tmp_path / "home"
+    result = ltvrec(home, "run", "--source", "events", "--path", str(events), "--epochs", "2",
+                    "--conf", json.dumps({"horizon_days": 60, "item_text": False}))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    log = result.stdout + result.stderr
+    assert "the recommender part is skipped" in log and "only LTV estimates are published" in log
+    assert query(home, "select count(*) from serving.recommendations") == [(0,)]
+    assert query(home, "select count(distinct user_id) from serving.ltv_estimates") == [(60,)]

@@ -42,7 +42,17 @@ def test_scores_gate_catches_seen_items_and_bad_ranks(tmp_path):
     recs = pd.DataFrame({"user_id": ["u1", "u1"], "rank": [1, 12], "item_id": ["i1", "i2"], "seen_before": [True, False]})
     ltv = pd.DataFrame({"user_id": ["u1"], "p_active": [1.5], "expected_value": [-1.0]})
     with pytest.raises(GateFailed) as err:
-        run_gate("scores", {"recommendations": recs, "ltv_estimates": ltv}, {"top_n": 10}, tmp_path)
+        run_gate("scores", {"recommendations": recs, "ltv_estimates": ltv}, {"top_n": 10, "users_with_unseen_items": 1}, tmp_path)
     text = str(err.value)
     for column in ("seen_before", "rank", "p_active", "expected_value"):
         assert column in text
+
+
+def test_scores_gate_allows_no_recommendations_only_when_nothing_is_left_to_recommend(tmp_path):
+    recs = pd.DataFrame({"user_id": pd.Series([], dtype=str), "rank": pd.Series([], dtype="int32"),
+                         "item_id": pd.Series([], dtype=str), "seen_before": pd.Series([], dtype=bool)})
+    ltv = pd.DataFrame({"user_id": ["u1"], "p_active": [0.5], "expected_value": [3.0]})
+    frames = {"recommendations": recs, "ltv_estimates": ltv}
+    run_gate("scores", frames, {"top_n": 10, "users_with_unseen_items": 0}, tmp_path / "a")  # passes
+    with pytest.raises(GateFailed, match="expect_table_row_count_to_be_between"):
+        run_gate("scores", frames, {"top_n": 10, "users_with_unseen_items": 3}, tmp_path / "b")

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from models.metrics import decile_mape, normalized_gini, ranking_metrics, spearman
+from models.metrics import average_precision, decile_mape, ltv_metrics, normalized_gini, ranking_metrics, spearman
 
 
 def test_ranking_metrics_hand_computed():
@@ -47,3 +47,27 @@ def test_spearman_and_decile_mape():
     assert spearman(a, -a) == pytest.approx(-1.0)
     assert decile_mape(a + 1, a + 1) == pytest.approx(0.0)
     assert decile_mape(a + 1, 2 * (a + 1)) == pytest.approx(1.0)
+
+
+def test_average_precision_hand_computed():
+    # ranked: 0.9 (+), 0.8 (-), 0.7 (+), 0.1 (-): AP = 1/2 * 1 + 1/2 * 2/3
+    assert average_precision(np.array([1, 0, 1, 0]), np.array([0.9, 0.8, 0.7, 0.1])) == pytest.approx(0.5 + 1 / 3)
+    # a tie of one positive and one negative at the top is one threshold: precision 1/2 for the first recall step
+    assert average_precision(np.array([1, 0, 1]), np.array([0.5, 0.5, 0.2])) == pytest.approx(0.5 * 0.5 + 0.5 * 2 / 3)
+    assert average_precision(np.array([0, 1]), np.array([0.1, 0.9])) == pytest.approx(1.0)
+    assert math.isnan(average_precision(np.array([0, 0]), np.array([0.1, 0.9])))
+
+
+def test_ltv_metrics_auc_pr_needs_an_activity_score():
+    actual = np.array([0.0, 10.0, 0.0, 30.0] * 3)
+    assert "auc_pr" not in ltv_metrics(actual, actual)
+    m = ltv_metrics(actual, actual, activity=actual)
+    assert m["auc_pr"] == pytest.approx(1.0)
+    assert m["bought_again_share"] == pytest.approx(0.5)
+
+
+def test_revenue_is_the_price_of_hit_items():
+    price = np.array([0.0, 2.0, 3.0, 5.0, 7.0])
+    m = ranking_metrics(np.array([[1, 2], [3, 4]]), [{2, 4}, {3}], ks=(1, 2), item_price=price)
+    assert m["revenue_1"] == pytest.approx(5.0)  # user 2's first item
+    assert m["revenue_2"] == pytest.approx(3.0 + 5.0)

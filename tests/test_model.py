@@ -132,3 +132,27 @@ def test_training_pass_uses_sampled_softmax_when_negatives_are_given():
     assert torch.isfinite(full) and torch.isfinite(sampled) and sampled < full  # 17 candidates vs 29
     sampled.backward()
     assert model.item_emb.weight.grad is not None
+
+
+def test_value_aware_ranking_is_probability_times_price_over_unseen_items():
+    import numpy as np
+
+    from models.ranking import model_topk
+
+    model = make_model()
+    history = [np.array([3, 4, 5]), np.array([7])]
+    types = [np.array([1, 1, 3]), np.array([3])]
+    price = np.linspace(0.0, 29.0, 30)
+    price[10] = 0.0  # an item without a price is never recommended by value
+    top, scores, _ = model_topk(model, history, types, k=5, item_value=price)
+    x = torch.tensor([[0] * 5 + [3, 4, 5], [0] * 7 + [7]])
+    t = torch.tensor([[0] * 5 + [1, 1, 3], [0] * 7 + [3]])
+    logits = model.item_logits(model.encode(x, t)[:, -1])
+    for row, seen in enumerate(history):
+        logits[row, torch.as_tensor(seen)] = float("-inf")
+        expected = torch.softmax(logits[row], dim=0).detach().numpy() * price
+        expected[10] = -1.0
+        order = np.argsort(-expected)[:5]
+        assert top[row].tolist() == order.tolist()
+        assert scores[row] == pytest.approx(expected[order], rel=1e-4)
+        assert not set(top[row]) & set(seen.tolist()) and 10 not in top[row]
