@@ -1,13 +1,15 @@
 """Training speed and memory on the project's synthetic data: our trainer vs RecBole's SASRec.
 
-    .venv/bin/python bench/train_speed.py [--events 1000000] [--epochs 2] [--recbole]
+    .venv/bin/python bench/train_speed.py [--events 1000000] [--epochs 2] [--recbole [--recbole-max-batches 400]]
 
 Generates about --events synthetic events, runs the real ingest -> dbt -> Spark features stages in a
 temporary LTVREC_HOME, then trains under torchrun (2 gloo processes, leave-one-out protocol, fixed epoch
 count, no early stopping) and measures seconds per epoch, sequences/s, next-item targets/s, peak RSS of
 the training processes and NDCG/HR@10 on the test events. With --recbole (needs `make recbole-venv`)
 RecBole's SASRec trains on the same interactions, same sequence length, width, batch size and epochs, and
-the ratios are reported. `--users-sweep 2000 8000 32000` instead reports peak training RSS per user count.
+the ratios are reported; RecBole trains one (prefix -> next item) sample per target, so its full epoch on 1M
+events takes about 25 minutes here: --recbole-max-batches N trains N batches per epoch and extrapolates the
+epoch time (choose N so that its training time matches ours for an equal-time quality comparison). `--users-sweep 2000 8000 32000` instead reports peak training RSS per user count.
 One JSON object on stdout.
 """
 

@@ -137,6 +137,7 @@ def position_targets(items: np.ndarray, types: np.ndarray, ts: np.ndarray, kind:
             target[bounds[g]:bounds[g + 1]] = candidates[np.arange(size) % len(candidates)]
     return target
 
+
 def validate(model: SeqRecModel, fs: FeatureSet, protocol: Protocol, max_users: int = 5000) -> dict[str, float]:
     """Full-ranking NDCG/HR@10 on the validation window (seen items excluded)."""
     users, targets = fs.holdout(protocol.train_end, protocol.valid_end)

@@ -71,3 +71,16 @@ def test_revenue_is_the_price_of_hit_items():
     m = ranking_metrics(np.array([[1, 2], [3, 4]]), [{2, 4}, {3}], ks=(1, 2), item_price=price)
     assert m["revenue_1"] == pytest.approx(5.0)  # user 2's first item
     assert m["revenue_2"] == pytest.approx(3.0 + 5.0)
+
+
+def test_ltv_charts_are_written_and_their_tables_are_right(tmp_path):
+    from models.charts import decile_table, gain_curve, ltv_charts
+
+    actual = np.arange(20, dtype=float)
+    table = decile_table(actual, actual)
+    assert len(table) == 10 and table["actual"].tolist() == pytest.approx([0.5 + 2 * i for i in range(10)])
+    x, captured = gain_curve(np.array([0.0, 3.0, 1.0]), np.array([0.2, 0.9, 0.5]))
+    assert x.tolist() == pytest.approx([0, 1 / 3, 2 / 3, 1]) and captured.tolist() == pytest.approx([0, 0.75, 1.0, 1.0])
+    paths = ltv_charts(actual, {"perfect": actual, "flat": np.ones(20)}, tmp_path)
+    assert [p.name for p in paths] == ["ltv_decile_calibration.png", "ltv_cumulative_gain.png"]
+    assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)
