@@ -138,7 +138,7 @@ def sql(query: str = typer.Argument(..., help="SQL to run on the warehouse"),
 def demo(users: int = typer.Option(2000, help="synthetic users")) -> None:
     """The whole DAG on the project's synthetic data, on the embedded defaults."""
     run(source="synthetic", path=None, items_path=None, as_of=None, top_n=10, horizon_days=90,
-        eval_protocol="temporal", epochs=None, warm_start=False,
+        eval_protocol="temporal", epochs=None, warm_start=False, rank_by=None,
         nproc=None, synthetic_users=users, warehouse_url=None, conf=None)
 
 

@@ -87,6 +87,7 @@ class RunConfig:
     max_train_minutes: float | None = None  # by source: 60 for movielens, else 10
     refit_epochs: int = 1  # after early stopping, train the best model this many epochs on the validation window too
     ltv_weight: float = 1.0
+    ltv_sigma_max: float = 2.0  # bound of the ZILN sigma (0: unbounded)
     # LTV training cut-offs D-2H, D-3H, ...: more label windows. Off by default: on Online Retail II, 4 windows
     # lowered the normalized Gini of a features-only ZILN from 0.827 to 0.794 and made its tail unstable.
     ltv_train_windows: int = 1

@@ -28,6 +28,9 @@ class ModelConfig:
     dropout: float = 0.2
     text_dim: int = 0  # > 0: item text vectors (buffer `item_text`) are projected and added to item embeddings
     ltv_user_dim: int = 8  # the shared user vector enters the LTV head through this bottleneck
+    # upper bound of the lognormal sigma (None: unbounded softplus, as in checkpoints before the bound existed).
+    # exp(mu + sigma^2 / 2) explodes for customers outside the training window's range when sigma is free.
+    ltv_sigma_max: float | None = None
 
 
 class Block(nn.Module):
@@ -106,6 +109,8 @@ class SeqRecModel(nn.Module):
     def ltv_params(self, user_vec: torch.Tensor, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """ZILN parameters: purchase logit, lognormal mu and sigma (> 0)."""
         out = self.ltv_head(torch.cat([self.ltv_user(user_vec), feats], dim=-1))
+        if self.cfg.ltv_sigma_max:
+            return out[:, 0], out[:, 1], 0.05 + (self.cfg.ltv_sigma_max - 0.05) * torch.sigmoid(out[:, 2])
         return out[:, 0], out[:, 1], F.softplus(out[:, 2]) + 1e-3
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

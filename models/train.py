@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
         item_text = np.load(text_path)
     mcfg = ModelConfig(n_items=fs.n_items, n_ltv_features=len(scaler.mean), max_len=cfg.max_seq_len,
                        d_model=cfg.d_model, n_heads=cfg.n_heads, n_layers=cfg.n_layers, dropout=cfg.dropout,
-                       text_dim=0 if item_text is None else item_text.shape[1])
+                       text_dim=0 if item_text is None else item_text.shape[1], ltv_sigma_max=cfg.ltv_sigma_max or None)
     model = SeqRecModel(mcfg)
     if item_text is not None:
         model.item_text.copy_(torch.as_tensor(item_text))

@@ -47,3 +47,18 @@ def test_defaults_depend_on_the_source_and_explicit_values_win():
 def test_resolved_defaults_survive_a_round_trip(tmp_path):
     RunConfig.from_dict({"source": "movielens", "path": "/ml-1m"}).save(tmp_path)
     assert RunConfig.load(tmp_path).max_seq_len == 200
+
+
+def test_demo_passes_a_valid_config_to_run(monkeypatch):
+    """`ltvrec demo` calls `run` with every option spelled out: a new option must not reach it as typer's default."""
+    from ltvrec import cli
+
+    class Reached(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise Reached
+
+    monkeypatch.setattr(cli, "airflow_env", stop)  # the first thing `run` does after validating the config
+    with pytest.raises(Reached):
+        cli.demo(users=10)

@@ -156,3 +156,15 @@ def test_value_aware_ranking_is_probability_times_price_over_unseen_items():
         assert top[row].tolist() == order.tolist()
         assert scores[row] == pytest.approx(expected[order], rel=1e-4)
         assert not set(top[row]) & set(seen.tolist()) and 10 not in top[row]
+
+
+def test_ltv_sigma_is_bounded_when_configured():
+    bounded, free = make_model(ltv_sigma_max=2.0), make_model()
+    with torch.no_grad():
+        for model in (bounded, free):
+            model.ltv_head[-1].bias.fill_(50.0)  # a head pushed far out of range
+        h, feats = torch.zeros(3, 16), torch.zeros(3, 4)
+        _, _, sigma = bounded.ltv_params(h, feats)
+        assert ((sigma > 0.05) & (sigma <= 2.0)).all()
+        _, _, sigma_free = free.ltv_params(h, feats)
+        assert (sigma_free > 40).all()  # the old, unbounded head (checkpoints without the bound load this way)
