@@ -9,21 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-
-def decile_table(actual: np.ndarray, predicted: np.ndarray) -> pd.DataFrame:
-    """Mean actual and predicted value per decile of the prediction (decile 1 = lowest predictions)."""
-    frame = pd.DataFrame({"actual": actual, "predicted": predicted})
-    frame["decile"] = pd.qcut(frame["predicted"].rank(method="first"), 10, labels=False) + 1
-    return frame.groupby("decile")[["actual", "predicted"]].mean().reset_index()
-
-
-def gain_curve(actual: np.ndarray, predicted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(share of customers, share of actual spend) when customers are taken in order of prediction."""
-    order = np.lexsort((np.arange(len(actual)), -np.asarray(predicted, dtype=float)))
-    captured = np.cumsum(np.asarray(actual, dtype=float)[order]) / max(float(np.sum(actual)), 1e-12)
-    return np.r_[0.0, np.arange(1, len(actual) + 1) / len(actual)], np.r_[0.0, captured]
+from models.metrics import decile_table, gain_curve
 
 
 def ltv_charts(actual: np.ndarray, predictions: dict[str, np.ndarray], out_dir: Path) -> list[Path]:

@@ -35,13 +35,21 @@ def ranking_metrics(topk: np.ndarray, targets: list[set[int]], ks=(10, 20), n_it
     return out
 
 
+def gain_curve(actual: np.ndarray, predicted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(share of customers, share of actual value) when customers are taken in order of prediction
+    (ties in input order), both starting at 0."""
+    actual = np.asarray(actual, dtype=float)
+    order = np.lexsort((np.arange(len(actual)), -np.asarray(predicted, dtype=float)))
+    captured = np.cumsum(actual[order]) / max(actual.sum(), 1e-12)
+    return np.r_[0.0, np.arange(1, len(actual) + 1) / len(actual)], np.r_[0.0, captured]
+
+
 def normalized_gini(actual: np.ndarray, predicted: np.ndarray) -> float:
     """Gini of actual values ordered by prediction, divided by the Gini of the perfect ordering."""
 
     def gini(order_by: np.ndarray) -> float:
-        order = np.lexsort((np.arange(len(actual)), -order_by))
-        cum = np.cumsum(actual[order]) / max(actual.sum(), 1e-12)
-        return float((cum - np.arange(1, len(actual) + 1) / len(actual)).sum() / len(actual))
+        share, captured = gain_curve(actual, order_by)
+        return float((captured[1:] - share[1:]).sum() / len(actual))
 
     actual = np.asarray(actual, dtype=float)
     best = gini(actual)
@@ -55,13 +63,19 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
+def decile_table(actual: np.ndarray, predicted: np.ndarray) -> pd.DataFrame:
+    """Mean actual and predicted value per decile of the prediction (decile 1 = lowest predictions)."""
+    frame = pd.DataFrame({"actual": actual, "predicted": predicted})
+    frame["decile"] = pd.qcut(frame["predicted"].rank(method="first"), 10, labels=False) + 1
+    return frame.groupby("decile")[["actual", "predicted"]].mean().reset_index()
+
+
 def decile_mape(actual: np.ndarray, predicted: np.ndarray) -> float:
-    """Customers in 10 groups by prediction; mean over groups of |sum pred - sum actual| / sum actual."""
-    frame = pd.DataFrame({"a": actual, "p": predicted})
-    frame["decile"] = pd.qcut(frame["p"].rank(method="first"), 10, labels=False)
-    g = frame.groupby("decile")[["a", "p"]].sum()
-    g = g[g["a"] > 0]
-    return float(((g["p"] - g["a"]).abs() / g["a"]).mean()) if len(g) else float("nan")
+    """Customers in 10 groups by prediction; mean over groups of |sum pred - sum actual| / sum actual
+    (the same ratio of the groups' means)."""
+    g = decile_table(actual, predicted)
+    g = g[g["actual"] > 0]
+    return float(((g["predicted"] - g["actual"]).abs() / g["actual"]).mean()) if len(g) else float("nan")
 
 
 def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:

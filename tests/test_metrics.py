@@ -74,7 +74,8 @@ def test_revenue_is_the_price_of_hit_items():
 
 
 def test_ltv_charts_are_written_and_their_tables_are_right(tmp_path):
-    from models.charts import decile_table, gain_curve, ltv_charts
+    from models.charts import ltv_charts
+    from models.metrics import decile_table, gain_curve
 
     actual = np.arange(20, dtype=float)
     table = decile_table(actual, actual)
