@@ -4,7 +4,8 @@
 Raw customer events -> top-N recommendations and customer lifetime value in the warehouse.
 
 ingest -> GX gate (raw) -> dbt build -> GX gate (cleaned) -> Spark features -> GX gate (features)
--> torchrun training (beside it: Spark MLlib ALS baseline) -> evaluation vs baselines -> MLflow registry (`@champion`) -> batch scoring
+-> torchrun training (beside it: Spark MLlib ALS baseline) -> evaluation vs baselines and the champion
+-> MLflow registry + model gate (only a challenger that passes becomes `@champion`) -> batch scoring with `@champion`
 -> GX gate (scores) -> atomic publish to `serving.recommendations` / `serving.ltv_estimates` -> summary.
 
 Trigger with params (UI "Trigger DAG w/ config", `airflow dags trigger -c`, or `ltvrec run`), e.g.
@@ -63,13 +64,22 @@ default_args = {
                                description="default: leave_one_out for movielens, else temporal"),
         "target": Param(None, enum=[None, "next_item", "next_basket"],
                         description="what training predicts; default: next_basket for temporal, else next_item"),
-        "max_quarantine_share": Param(0.5, type="number", minimum=0, maximum=1),
+        "max_quarantine_share": Param(0.5, type="number", minimum=0, maximum=1,
+                                      description="cleaned gate: share of raw events dbt may quarantine"),
+        "max_volume_ratio": Param(10.0, type="number", exclusiveMinimum=1,
+                                  description="raw gate: events may be at most this factor above/below the last published run's"),
+        "ndcg_tolerance": Param(0.005, type="number",
+                                description="model gate: how much lower than the champion's the challenger's NDCG@10 may be"),
+        "gini_tolerance": Param(0.01, type="number",
+                                description="model gate: how much lower than the champion's its LTV normalized Gini may be"),
         "epochs": Param(30, type="integer", minimum=1),
         "nproc": Param(2, type="integer", minimum=1, description="torchrun processes per node"),
         "warm_start": Param(False, type="boolean", description="fine-tune the current @champion on the new data"),
         "item_text": Param(True, type="boolean", description="embed item titles with the pretrained sentence model"),
         "synthetic_users": Param(2000, type="integer", minimum=1),
         "warehouse_url": Param(None, type=["null", "string"], description="default: $LTVREC_WAREHOUSE_URL or DuckDB"),
+        "warehouse_conn_id": Param(None, type=["null", "string"],
+                                   description="Airflow connection with the warehouse URI (keeps credentials out of params)"),
     },
 )
 def ltvrec_batch():

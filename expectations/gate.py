@@ -11,6 +11,7 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from expectations.suites import SUITES
@@ -20,6 +21,24 @@ log = logging.getLogger(__name__)
 
 class GateFailed(RuntimeError):
     pass
+
+
+def scores_frames(recs: pd.DataFrame, ltv: pd.DataFrame, seen: pd.DataFrame, catalogue: pd.Series,
+                  users: pd.Series, top_n: int) -> tuple[dict[str, pd.DataFrame], dict]:
+    """The scores suite's frames and params. `seen`: (user_id, item_id) pairs the users already had; `catalogue`:
+    this run's item ids; `users`: every user with events (each must get min(top_n, unseen items) rows)."""
+    recs = recs.merge(seen.drop_duplicates().assign(seen_before=True), on=["user_id", "item_id"], how="left")
+    recs["seen_before"] = recs["seen_before"].fillna(False).astype(bool)
+    recs["in_catalogue"] = recs["item_id"].isin(set(catalogue))
+    recs["score_is_finite"] = np.isfinite(recs["score"].to_numpy(dtype=float))
+    known = seen[seen["item_id"].isin(set(catalogue))].drop_duplicates()
+    unseen = len(set(catalogue)) - known.groupby("user_id").size().reindex(users, fill_value=0).to_numpy()
+    per_user = pd.DataFrame({"user_id": users.to_numpy(),
+                             "rows": recs.groupby("user_id").size().reindex(users, fill_value=0).to_numpy(),
+                             "expected_rows": np.clip(np.minimum(top_n, unseen), 0, None)})
+    ltv = ltv.assign(expected_value_is_finite=np.isfinite(ltv["expected_value"].to_numpy(dtype=float)))
+    frames = {"recommendations": recs, "recommendations_per_user": per_user, "ltv_estimates": ltv}
+    return frames, {"top_n": top_n, "users_with_unseen_items": int((per_user["expected_rows"] > 0).sum())}
 
 
 def run_gate(name: str, frames: dict[str, pd.DataFrame], params: dict, out_dir: Path) -> dict:

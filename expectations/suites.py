@@ -29,6 +29,11 @@ def raw(params: dict) -> dict[str, list]:
             gxe.ExpectTableRowCountToBeBetween(min_value=1),
             gxe.ExpectColumnValuesToNotBeNull(column="item_id"),
         ],
+        # one row (none before the first publish): raw events now / at the last published run
+        "volume": [
+            gxe.ExpectColumnValuesToBeBetween(column="ratio", min_value=1 / params["max_volume_ratio"],
+                                              max_value=params["max_volume_ratio"]),
+        ],
     }
 
 
@@ -74,8 +79,10 @@ def features(params: dict) -> dict[str, list]:
 
 
 def scores(params: dict) -> dict[str, list]:
-    """Scores before publishing: ranks 1..N, one row per user and rank, sane LTV values. Recommendations may be
-    empty only when no user has an item left to recommend (e.g. a one-item catalogue)."""
+    """Scores before publishing. Recommendations: for every user, exactly min(N, items left unseen) rows ranked
+    1..N, no item the user has seen or the catalogue lacks, finite scores; empty only when no user has an item left
+    to recommend (e.g. a one-item catalogue). LTV: one row per customer, 0 <= p_active <= 1, finite
+    expected_value >= 0."""
     return {
         "recommendations": [
             gxe.ExpectTableRowCountToBeBetween(min_value=1 if params["users_with_unseen_items"] else 0),
@@ -84,11 +91,20 @@ def scores(params: dict) -> dict[str, list]:
             gxe.ExpectCompoundColumnsToBeUnique(column_list=["user_id", "item_id"]),
             gxe.ExpectColumnValuesToNotBeNull(column="item_id"),
             gxe.ExpectColumnValuesToBeInSet(column="seen_before", value_set=[False]),
+            gxe.ExpectColumnValuesToBeInSet(column="in_catalogue", value_set=[True]),
+            gxe.ExpectColumnValuesToBeInSet(column="score_is_finite", value_set=[True]),
+        ],
+        # one row per user with events: rows published vs rows expected
+        "recommendations_per_user": [
+            gxe.ExpectColumnPairValuesToBeEqual(column_A="rows", column_B="expected_rows"),
         ],
         "ltv_estimates": [
             gxe.ExpectColumnValuesToBeUnique(column="user_id"),
+            gxe.ExpectColumnValuesToNotBeNull(column="p_active"),
+            gxe.ExpectColumnValuesToNotBeNull(column="expected_value"),
             gxe.ExpectColumnValuesToBeBetween(column="p_active", min_value=0, max_value=1),
             gxe.ExpectColumnValuesToBeBetween(column="expected_value", min_value=0),
+            gxe.ExpectColumnValuesToBeInSet(column="expected_value_is_finite", value_set=[True]),
         ],
     }
 

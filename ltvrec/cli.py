@@ -12,7 +12,8 @@ from typing import Optional
 
 import typer
 
-from ltvrec.config import DAG_ID, PROJECT_ROOT, SOURCES, RunConfig, default_warehouse_url, ltvrec_home, mlflow_tracking_uri
+from ltvrec.config import (DAG_ID, PROJECT_ROOT, SOURCES, RunConfig, connection_uri, default_warehouse_url, ltvrec_home,
+                           mlflow_tracking_uri, redact_url)
 
 app = typer.Typer(help="ltvrec: raw events -> top-N recommendations and customer LTV in a warehouse.", no_args_is_help=True)
 
@@ -97,13 +98,19 @@ def _print_results(summary_path: Path, seconds: float) -> None:
     s = json.loads(summary_path.read_text())
     rec = s["metrics"].get("recommendation", {})
     ltv = s["metrics"].get("ltv", {})
-    url = s["config"].get("warehouse_url") or default_warehouse_url()
+    conn_id = s["config"].get("warehouse_conn_id")
+    url = f"Airflow connection {conn_id}" if conn_id else redact_url(s["config"].get("warehouse_url") or default_warehouse_url())
+    registry = s["registry"]
+    gate = registry.get("decision", "promoted")
+    champion = (f"v{registry.get('version')} promoted to @champion" if gate == "promoted"
+                else f"v{registry.get('version')} REJECTED by the model gate; scored with @champion v{registry.get('champion')}")
     lines = [
         "", f"ltvrec run {s['run_id']} finished in {seconds:.0f}s (run date {s['run_date']})",
         f"  summary:      {summary_path}",
         f"  warehouse:    {url}",
         f"  rows:         {s['rows'].get('publish', {})}",
-        f"  model:        {s['registry'].get('model_name')} v{s['registry'].get('version')} @champion",
+        f"  model:        {registry.get('model_name')} {champion}",
+        *(f"                - {reason}" for reason in registry.get("reasons", [])),
     ]
     for name, m in rec.items():
         if not name.startswith("_"):
@@ -132,6 +139,28 @@ def sql(query: str = typer.Argument(..., help="SQL to run on the warehouse"),
 
     table = warehouse.connect(warehouse_url or default_warehouse_url()).query(query)
     typer.echo(table.to_pandas().to_string(index=False, max_rows=200))
+
+
+@app.command("grant-reader")
+def grant_reader(
+    warehouse_url: Optional[str] = typer.Option(None, help="postgresql://... (default: $LTVREC_WAREHOUSE_URL)"),
+    conn_id: Optional[str] = typer.Option(None, help="or an Airflow connection holding the warehouse URI"),
+    role: str = typer.Option("ltvrec_reader", help="role name"),
+) -> None:
+    """Create (or update) the read-only PostgreSQL role: SELECT on schema `serving` only, now and on tables created
+    later. Its password is read from $LTVREC_READER_PASSWORD, never from the command line."""
+    from ltvrec import warehouse
+
+    password = os.environ.get("LTVREC_READER_PASSWORD")
+    if not password:
+        typer.echo("error: set LTVREC_READER_PASSWORD to the reader role's password", err=True)
+        raise typer.Exit(2)
+    wh = warehouse.connect(connection_uri(conn_id) if conn_id else warehouse_url or default_warehouse_url())
+    if wh.kind != "postgres":
+        typer.echo(f"error: reader roles are for PostgreSQL; {redact_url(wh.url)} is {wh.kind}", err=True)
+        raise typer.Exit(2)
+    wh.create_reader_role(password, role)
+    typer.echo(f"role {role}: login, SELECT on schema serving (current and future tables), nothing else")
 
 
 @app.command()

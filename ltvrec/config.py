@@ -42,6 +42,18 @@ def default_warehouse_url() -> str:
     return os.environ.get("LTVREC_WAREHOUSE_URL") or f"duckdb:///{ltvrec_home() / 'warehouse.duckdb'}"
 
 
+def connection_uri(conn_id: str) -> str:
+    """URI of an Airflow connection (metadata DB, AIRFLOW_CONN_<ID> environment variable or secrets backend)."""
+    from airflow.sdk import Connection
+
+    return Connection.get(conn_id).get_uri()
+
+
+def redact_url(url: str | None) -> str | None:
+    """The URL with any password replaced by ***, for logs and MLflow params."""
+    return re.sub(r"(://[^:/@]*:)[^/?#]*@", r"\1***@", url) if url else url
+
+
 def mlflow_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{ltvrec_home() / 'mlflow.db'}"
 
@@ -66,7 +78,16 @@ class RunConfig:
     holdout_days: int = 14
     eval_protocol: str | None = None  # temporal or leave_one_out (each user's last event is test); by source
     max_quarantine_share: float = 0.5  # gate: share of raw events dbt may reject
+    # gate: raw event count may be at most this many times (or at least 1/this) the last published run's
+    max_volume_ratio: float = 10.0
+    # model gate: a challenger is promoted when it beats popularity on NDCG@10 and is not worse than the champion
+    # by more than these (absolute) amounts on NDCG@10 and on the LTV normalized Gini; negative = must improve
+    ndcg_tolerance: float = 0.005
+    gini_tolerance: float = 0.01
     warehouse_url: str | None = None
+    # an Airflow connection holding the warehouse URI (credentials stay in Airflow / the environment); wins over
+    # warehouse_url
+    warehouse_conn_id: str | None = None
     spark_master: str | None = None
     # synthetic source
     synthetic_users: int = 2000
@@ -135,6 +156,8 @@ class RunConfig:
         for key in ("top_n", "horizon_days", "holdout_days", "nproc", "epochs", "batch_size", "max_seq_len"):
             if getattr(self, key) < 1:
                 raise ValueError(f"config key {key!r} must be >= 1, got {getattr(self, key)}")
+        if self.max_volume_ratio <= 1:
+            raise ValueError(f"config key 'max_volume_ratio' must be > 1, got {self.max_volume_ratio}")
         if self.refit_epochs < 0:
             raise ValueError(f"config key 'refit_epochs' must be >= 0, got {self.refit_epochs}")
 
@@ -158,6 +181,8 @@ class RunConfig:
 
     @property
     def resolved_warehouse_url(self) -> str:
+        if self.warehouse_conn_id:
+            return connection_uri(self.warehouse_conn_id)
         return self.warehouse_url or default_warehouse_url()
 
     @property

@@ -8,12 +8,19 @@ nothing is dropped here.
 
 from __future__ import annotations
 
+import codecs
+import csv
 import hashlib
+import io
+import logging
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+
+log = logging.getLogger("ltvrec")
 
 EVENT_COLUMNS = ["user_id", "item_id", "event_type", "event_ts", "quantity", "unit_price"]
 ITEM_COLUMNS = ["item_id", "title", "category", "price"]
@@ -46,22 +53,131 @@ def read_table(path: Path) -> pd.DataFrame:
     if path.stat().st_size == 0:
         raise InputError(f"{path}: file is empty")
     suffix = path.suffix.lower()
-    try:
-        if suffix == ".parquet":
+    if suffix in (".csv", ".tsv", ".txt"):
+        return _read_csv(path, "\t" if suffix == ".tsv" else ",")
+    if suffix == ".parquet":
+        try:
             return pq.read_table(path).to_pandas()
-        if suffix in (".csv", ".tsv", ".txt"):
-            return pd.read_csv(path, dtype=str, keep_default_na=False, sep="\t" if suffix == ".tsv" else ",")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: not valid UTF-8 near byte {exc.start}") from exc
-    except (pa.ArrowInvalid, pd.errors.ParserError, OSError) as exc:
-        raise InputError(f"{path}: cannot be read ({exc})") from exc
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise InputError(f"{path}: cannot be read ({exc})") from exc
     raise InputError(f"{path}: unsupported file type {suffix!r} (use .parquet or .csv)")
+
+
+def _read_csv(path: Path, sep: str) -> pd.DataFrame:
+    """Strict CSV reader: every row must have as many fields as the header.
+
+    A row with fewer or more fields (a file cut mid-row, an unbalanced quote, a stray separator) is an
+    InputError naming the data row (1-based, header excluded, as `source_row`), never padded or shifted.
+    """
+    bad_byte = _first_non_utf8_byte(path)
+    if bad_byte is not None:
+        raise _utf8_error(path, sep, bad_byte)
+    header = _csv_header(path, sep)
+    if not header or not any(name.strip() for name in header):
+        raise InputError(f"{path}: file is empty (no header row)")
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise InputError(f"{path}: column(s) {', '.join(map(repr, repeated))} appear more than once in the header")
+    bad_rows: list = []
+
+    def on_bad_row(row) -> str:
+        bad_rows.append(row)
+        return "error"
+
+    try:
+        table = pacsv.read_csv(
+            path,
+            # single-threaded: faster than pandas anyway, and bad rows keep their row number
+            read_options=pacsv.ReadOptions(use_threads=False),
+            parse_options=pacsv.ParseOptions(delimiter=sep, newlines_in_values=True, invalid_row_handler=on_bad_row),
+            convert_options=pacsv.ConvertOptions(column_types={name: pa.string() for name in header},
+                                                 strings_can_be_null=False, quoted_strings_can_be_null=False),
+        )
+    except pa.ArrowInvalid as exc:
+        if bad_rows:
+            row = bad_rows[0]
+            where = f"row {row.number - 1}" if row.number else "a row"
+            hint = "truncated row?" if row.actual_columns < row.expected_columns else "unquoted separator in a value?"
+            if '"' in (row.text or ""):
+                hint = "unbalanced quote?" if row.actual_columns < row.expected_columns else hint
+            raise InputError(f"{path}: {where}: expected {row.expected_columns} fields like the header, found "
+                             f"{row.actual_columns} ({hint}): {_clip(row.text)!r}") from None
+        raise InputError(f"{path}: cannot be read ({exc})") from exc
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({exc})") from exc
+    return table.to_pandas()
+
+
+def _csv_header(path: Path, sep: str) -> list[str]:
+    """The header row (first non-blank record), as pyarrow will read it; a UTF-8 BOM is skipped."""
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        for record in csv.reader(fh, delimiter=sep):
+            if record:
+                return record
+    return []
+
+
+def _clip(text: str | None, n: int = 80) -> str:
+    text = text or ""
+    return text if len(text) <= n else text[:n] + "..."
+
+
+def _first_non_utf8_byte(path: Path, chunk: int = 1 << 24) -> int | None:
+    """Offset of the first byte that is not UTF-8, or None (streamed: memory stays flat on big files)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with open(path, "rb") as fh:
+        while True:
+            block = fh.read(chunk)
+            try:
+                decoder.decode(block, final=not block)
+            except UnicodeDecodeError as exc:  # exc.start counts from the undecoded tail kept from the last block
+                return offset - len(decoder.getstate()[0]) + exc.start
+            if not block:
+                return None
+            offset += len(block)
+
+
+def _utf8_error(path: Path, sep: str, pos: int) -> InputError:
+    """InputError naming the data row (and column) of the byte at `pos`, the first one that is not UTF-8."""
+    data = path.read_bytes()  # error path only
+    line_start = data.rfind(b"\n", 0, pos) + 1
+    line_end = data.find(b"\n", pos)
+    line = data[line_start:] if line_end < 0 else data[line_start:line_end]
+    # records before the bad line, header included (blank lines do not count, as for the reader)
+    prefix = io.StringIO(data[:line_start].decode("utf-8-sig"), newline="")
+    before = sum(1 for record in csv.reader(prefix, delimiter=sep) if record)
+    what = f"byte 0x{data[pos]:02x} at offset {pos}"
+    if before == 0:
+        return InputError(f"{path}: header: not valid UTF-8 ({what}); save the file as UTF-8")
+    fields = next(csv.reader([line.decode("utf-8", errors="replace")], delimiter=sep), [])
+    header = _csv_header_lenient(data, sep)
+    column = next((header[i] for i, f in enumerate(fields) if "\ufffd" in f and i < len(header)), None)
+    col = f" column {column!r}" if column is not None else ""
+    return InputError(f"{path}:{col} row {before}: not valid UTF-8 ({what}); save the file as UTF-8")
+
+
+def _csv_header_lenient(data: bytes, sep: str) -> list[str]:
+    text = data[: data.find(b"\n") if b"\n" in data else len(data)].decode("utf-8-sig", errors="replace")
+    return next(csv.reader([text], delimiter=sep), [])
 
 
 def _require(df: pd.DataFrame, columns: list[str], path: Path) -> None:
     missing = [c for c in columns if c not in df.columns]
     if missing:
-        raise InputError(f"{path}: missing required column(s) {', '.join(missing)}; found {', '.join(map(str, df.columns))}")
+        found = ", ".join(repr(str(c)) for c in df.columns)
+        hint = ""
+        if len(df.columns) == 1 and any(s in str(df.columns[0]) for s in (";", "\t", "|")):
+            hint = " (one column only: is the file separated by something else than commas?)"
+        raise InputError(f"{path}: missing required column(s) {', '.join(missing)}; found {found}{hint}")
+
+
+def _warn_extra(df: pd.DataFrame, columns: list[str], path: Path) -> None:
+    """Schema drift: columns outside the contract are ignored, with a warning naming them."""
+    extra = [str(c) for c in df.columns if c not in columns]
+    if extra:
+        log.warning("%s: ignoring unexpected column(s) %s (the contract reads %s)", path,
+                    ", ".join(map(repr, extra)), ", ".join(columns))
 
 
 def _ids(series: pd.Series) -> pd.Series:
@@ -90,7 +206,9 @@ def _timestamps(series: pd.Series, column: str, path: Path) -> pd.Series:
             series = series.dt.tz_convert("UTC").dt.tz_localize(None)
         return series.astype("datetime64[us]")
     text = series.astype("string").str.strip()
-    parsed = pd.to_datetime(text.mask(text == ""), errors="coerce", utc=True, format="ISO8601")
+    # one UTC instant per row whatever each row's offset (mixed zones in one column are fine; no zone
+    # means UTC); RFC 3339 allows a lower-case "t" / "z"
+    parsed = pd.to_datetime(text.mask(text == "").str.upper(), errors="coerce", utc=True, format="ISO8601")
     bad = parsed.isna() & text.notna() & (text != "")
     if bad.any():
         row = int(bad.to_numpy().nonzero()[0][0])
@@ -137,13 +255,18 @@ def load_events(path: Path, items_path: Path | None = None) -> tuple[pa.Table, p
         path, items_path = found[0], items_path or (items_found[0] if items_found else None)
     df = read_table(path)
     _require(df, EVENT_COLUMNS, path)
+    _warn_extra(df, EVENT_COLUMNS, path)
     if df.empty:
         raise InputError(f"{path}: no rows")
     events = _to_raw_events(df, path)
     if items_path:
-        items_df = read_table(Path(items_path))
-        _require(items_df, ["item_id"], Path(items_path))
-        items = _to_raw_items(items_df, Path(items_path))
+        items_path = Path(items_path)
+        items_df = read_table(items_path)
+        _require(items_df, ["item_id"], items_path)
+        _warn_extra(items_df, ITEM_COLUMNS, items_path)
+        if items_df.empty:  # an empty catalogue would quarantine every event as unknown_item
+            raise InputError(f"{items_path}: no rows")
+        items = _to_raw_items(items_df, items_path)
     else:  # no catalogue: every item seen in the events is known, without text or list price
         ids = pd.Series(events.column("item_id").to_pandas()).dropna().unique()
         items = _to_raw_items(pd.DataFrame({"item_id": ids}), path)

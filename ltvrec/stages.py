@@ -18,10 +18,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ltvrec import sources, synthetic, warehouse
-from ltvrec.config import PROJECT_ROOT, RunConfig, ltvrec_home, mlflow_tracking_uri
+from ltvrec.config import PROJECT_ROOT, RunConfig, ltvrec_home, mlflow_tracking_uri, redact_url
 
 log = logging.getLogger("ltvrec")
 STAGE_ORDER = ["prepare", "ingest", "gate_raw", "dbt_build", "gate_cleaned", "features", "gate_features",
@@ -43,6 +44,19 @@ def stage(fn):
         return record
 
     return wrapper
+
+
+def strict_json(value):
+    """`value` with NaN / infinite floats as None: summary.json stays valid JSON for every parser."""
+    import math
+
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
 
 
 def _bin(name: str) -> str:
@@ -85,7 +99,8 @@ def prepare(params: dict, run_id: str, dag_id: str = "ltvrec_batch") -> str:
     experiment_id = configure(cfg.experiment)
     with mlflow.start_run(run_name=run_key, tags={"airflow_run_id": run_id, "airflow_dag_id": dag_id,
                                                   "source": cfg.source}) as run:
-        mlflow.log_params({f"cfg_{k}": v for k, v in cfg.to_dict().items()})
+        logged = cfg.to_dict() | {"warehouse_url": redact_url(cfg.warehouse_url)}
+        mlflow.log_params({f"cfg_{k}": v for k, v in logged.items()})
         (run_dir / "mlflow.json").write_text(json.dumps({"run_id": run.info.run_id, "experiment_id": experiment_id}))
     (run_dir / "stages").mkdir(exist_ok=True)
     (run_dir / "stages" / "prepare.json").write_text(json.dumps({"seconds": round(time.time() - started, 3)}))
@@ -126,10 +141,20 @@ def _gate(run_dir: Path, name: str, frames: dict[str, pd.DataFrame], params: dic
 
 @stage
 def gate_raw(run_dir: Path) -> dict:
-    wh = warehouse.connect(RunConfig.load(run_dir).resolved_warehouse_url)
+    """Raw contract, plus the volume check: this run's raw event count against the last published run's (of the
+    same registered model), within a factor of `max_volume_ratio` either way."""
+    cfg = RunConfig.load(run_dir)
+    wh = warehouse.connect(cfg.resolved_warehouse_url)
     frames = {"raw_events": wh.query("select * from raw.events").to_pandas(),
               "raw_items": wh.query("select * from raw.items").to_pandas()}
-    return _gate(run_dir, "raw", frames, {})
+    previous = wh.last_published(cfg.registered_model)
+    n_raw = len(frames["raw_events"])
+    frames["volume"] = pd.DataFrame(
+        [] if previous is None else
+        [{"raw_events": n_raw, "previous_raw_events": previous["raw_events"], "previous_run": previous["run_id"],
+          "ratio": n_raw / max(previous["raw_events"], 1)}], columns=["raw_events", "previous_raw_events", "previous_run", "ratio"])
+    result = _gate(run_dir, "raw", frames, {"max_volume_ratio": cfg.max_volume_ratio})
+    return result | {"volume": frames["volume"].to_dict("records")[0] if previous is not None else None}
 
 
 @stage
@@ -238,7 +263,6 @@ def _champion_checkpoint(cfg: RunConfig, run_dir: Path) -> Path | None:
 def als_baseline(run_dir: Path) -> dict:
     """Fit the Spark MLlib ALS baseline on every user's test-input history (spark-submit)."""
     import numpy as np
-    import pyarrow as pa
 
     from models.data import FeatureSet, Protocol
 
@@ -288,6 +312,11 @@ def evaluate(run_dir: Path) -> dict:
                                    factors=_als_factors(run_dir, len(fs.users), fs.n_items))
     actual, predictions = ltv_predictions(fs, loaded)
     ltv = {name: ltv_metrics(actual, value, activity) for name, (value, activity) in predictions.items()}
+    champion = _evaluate_champion(cfg, fs, actual)
+    if champion.get("recommendation"):
+        rec["champion"] = champion["recommendation"]
+    if champion.get("ltv"):
+        ltv["champion"] = champion["ltv"]
     table = pd.DataFrame(
         [{"task": "recommendation", "model": m, **v} for m, v in rec.items() if not m.startswith("_")]
         + [{"task": "ltv", "model": m, **v} for m, v in ltv.items()]
@@ -303,7 +332,35 @@ def evaluate(run_dir: Path) -> dict:
     with mlflow.start_run(run_id=_mlflow_run_id(run_dir)):
         mlflow.log_metrics({k: v for k, v in metrics.items() if pd.notna(v)})
         mlflow.log_artifacts(str(out), artifact_path="evaluation")
-    return {"metrics": {"recommendation": rec, "ltv": ltv}}
+    return {"metrics": {"recommendation": rec, "ltv": ltv},
+            "champion": {k: v for k, v in champion.items() if k in ("version", "error")}}
+
+
+def _evaluate_champion(cfg: RunConfig, fs, actual) -> dict:
+    """The current @champion on this run's holdout, by the same code as the challenger: {"version",
+    "recommendation", "ltv"}, or {"version", "error"} when it cannot be evaluated; {} when there is none."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from models.checkpoint import LoadedModel
+    from models.data import Protocol
+    from models.evaluate import evaluate_recommendations, predict_ltv
+    from models.metrics import ltv_metrics
+
+    tracking_setup(cfg)
+    try:
+        version = MlflowClient().get_model_version_by_alias(cfg.registered_model, "champion").version
+    except MlflowException:
+        return {}
+    try:
+        loaded = LoadedModel.from_registry(f"models:/{cfg.registered_model}/{version}")
+        rec = evaluate_recommendations(fs, loaded, Protocol.build(fs, cfg.eval_protocol)).get("model")
+        _, p, ev = predict_ltv(fs, loaded, "eval")
+        ltv = ltv_metrics(actual, ev, p) if len(actual) else None
+    except Exception as exc:  # e.g. a champion from an older feature set: the gate then says so
+        log.warning("champion v%s of %s could not be evaluated: %r", version, cfg.registered_model, exc)
+        return {"version": str(version), "error": f"{type(exc).__name__}: {exc}"}
+    return {"version": str(version), "recommendation": rec, "ltv": ltv}
 
 
 def tracking_setup(cfg: RunConfig) -> None:
@@ -314,33 +371,54 @@ def tracking_setup(cfg: RunConfig) -> None:
 
 @stage
 def register(run_dir: Path) -> dict:
-    """Register the trained model; the new version becomes `@champion`."""
+    """Register the challenger; the model gate (ltvrec.promotion) decides whether it becomes `@champion`.
+
+    A rejected challenger stays registered, tagged with the reasons, for comparison in the MLflow UI; the
+    champion keeps its alias and scores this run.
+    """
     import mlflow
     from mlflow import MlflowClient
+
+    from ltvrec.promotion import decide
 
     cfg = RunConfig.load(run_dir)
     tracking_setup(cfg)
     result = json.loads((run_dir / "train" / "result.json").read_text())
-    evaluation = json.loads((run_dir / "stages" / "evaluate.json").read_text())["metrics"]
+    evaluated = json.loads((run_dir / "stages" / "evaluate.json").read_text())
+    metrics, champion = evaluated["metrics"], evaluated.get("champion") or {}
+    decision = decide(metrics | {"champion_error": champion.get("error")}, champion.get("version"),
+                      cfg.ndcg_tolerance, cfg.gini_tolerance)
     version = mlflow.register_model(result["model_uri"], cfg.registered_model,
-                                    tags={"airflow_run": run_dir.name, "mlflow_run_id": _mlflow_run_id(run_dir)})
+                                    tags={"airflow_run": run_dir.name, "mlflow_run_id": _mlflow_run_id(run_dir)}).version
     client = MlflowClient()
-    rec = evaluation["recommendation"]
-    for key, value in {"test_ndcg_10": rec.get("model", {}).get("ndcg_10"),
-                       "popularity_ndcg_10": rec.get("popularity", {}).get("ndcg_10")}.items():
+    tags = {"promotion": decision.verdict, "promotion_reasons": "; ".join(decision.reasons),
+            "champion_before": champion.get("version") or "none", "rubber_stamp": str(decision.rubber_stamp).lower()}
+    for model, group, key in [("model", "recommendation", "ndcg_10"), ("popularity", "recommendation", "ndcg_10"),
+                              ("champion", "recommendation", "ndcg_10"), ("ziln", "ltv", "gini"),
+                              ("champion", "ltv", "gini")]:
+        value = metrics.get(group, {}).get(model, {}).get(key)
         if value is not None:
-            client.set_model_version_tag(cfg.registered_model, version.version, key, f"{value:.6f}")
-    client.set_registered_model_alias(cfg.registered_model, "champion", version.version)
-    client.set_model_version_tag(cfg.registered_model, version.version, "promotion", "promoted to @champion")
-    info = {"model_name": cfg.registered_model, "version": str(version.version), "alias": "champion"}
+            tags[f"{'challenger' if model in ('model', 'ziln') else model}_{key}"] = f"{value:.6f}"
+    for key, value in tags.items():
+        client.set_model_version_tag(cfg.registered_model, version, key, value)
+    if decision.promote:
+        client.set_registered_model_alias(cfg.registered_model, "champion", version)
+    champion_now = version if decision.promote else champion.get("version")
+    (log.info if decision.promote else log.warning)(
+        "model gate: %s v%s %s (champion is now v%s): %s", cfg.registered_model, version, decision.verdict,
+        champion_now, "; ".join(decision.reasons))
+    info = {"model_name": cfg.registered_model, "version": str(version), "decision": decision.verdict,
+            "reasons": decision.reasons, "rubber_stamp": decision.rubber_stamp,
+            "champion_before": champion.get("version"), "champion": str(champion_now)}
     (run_dir / "registry.json").write_text(json.dumps(info))
+    with mlflow.start_run(run_id=_mlflow_run_id(run_dir)):
+        mlflow.set_tags({"model_gate": decision.verdict, "model_gate_reasons": "; ".join(decision.reasons)[:5000]})
     return info
 
 
 @stage
 def score(run_dir: Path) -> dict:
     """Score every user with the `@champion` model; write Parquet for the gate and the publisher."""
-    import pyarrow as pa
     from mlflow import MlflowClient
 
     from models.checkpoint import LoadedModel
@@ -382,27 +460,30 @@ def score(run_dir: Path) -> dict:
 
 @stage
 def gate_scores(run_dir: Path) -> dict:
+    from expectations.gate import scores_frames
+
     cfg = RunConfig.load(run_dir)
     recs = pq.read_table(run_dir / "scores" / "recommendations.parquet").to_pandas()
     ltv = pq.read_table(run_dir / "scores" / "ltv_estimates.parquet").to_pandas()
     seq = pq.ParquetDataset(run_dir / "features" / "sequences").read(columns=["user_id", "items"]).to_pandas()
     items = pq.ParquetDataset(run_dir / "features" / "items").read(columns=["item_idx", "item_id"]).to_pandas()
-    seen = seq.explode("items").merge(items, left_on="items", right_on="item_idx")[["user_id", "item_id"]].drop_duplicates()
-    recs = recs.merge(seen.assign(seen_before=True), on=["user_id", "item_id"], how="left")
-    recs["seen_before"] = recs["seen_before"].fillna(False).astype(bool)
-    with_unseen = int((seen.groupby("user_id").size() < len(items)).sum())
-    return _gate(run_dir, "scores", {"recommendations": recs, "ltv_estimates": ltv},
-                 {"top_n": cfg.top_n, "users_with_unseen_items": with_unseen})
+    seen = seq.explode("items").merge(items, left_on="items", right_on="item_idx")[["user_id", "item_id"]]
+    frames, params = scores_frames(recs, ltv, seen, items["item_id"], seq["user_id"], cfg.top_n)
+    return _gate(run_dir, "scores", frames, params)
 
 
 @stage
 def publish(run_dir: Path) -> dict:
-    """Replace the run date's rows of both serving tables, each in one transaction."""
+    """Replace the run date's rows of both serving tables in one transaction (and note the run in
+    ops.published_runs for the next run's volume check)."""
     cfg = RunConfig.load(run_dir)
     wh = warehouse.connect(cfg.resolved_warehouse_url)
     run_date = _split(run_dir)["as_of"]
-    rows = {t: wh.publish(t, run_date, pq.read_table(run_dir / "scores" / f"{t}.parquet"))
-            for t in ("recommendations", "ltv_estimates")}
+    raw_events = json.loads((run_dir / "stages" / "ingest.json").read_text())["rows"]["raw_events"]
+    tables = {t: pq.ParquetFile(run_dir / "scores" / f"{t}.parquet") for t in ("recommendations", "ltv_estimates")}
+    rows = wh.publish(run_date, {t: pa.RecordBatchReader.from_batches(f.schema_arrow, f.iter_batches(100_000))
+                                 for t, f in tables.items()},
+                      record={"model_name": cfg.registered_model, "run_id": run_dir.name, "raw_events": raw_events})
     return {"rows": rows, "run_date": run_date, "warehouse": wh.kind}
 
 
@@ -427,7 +508,7 @@ def finalize(run_dir: str) -> dict:
         "registry": ordered.get("register", {}),
         "timings_s": {name: s["seconds"] for name, s in ordered.items()},
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    (run_dir / "summary.json").write_text(json.dumps(strict_json(summary), indent=2, default=str, allow_nan=False))
     tracking_setup(cfg)
     with mlflow.start_run(run_id=summary["mlflow_run_id"]):
         mlflow.log_artifact(str(run_dir / "summary.json"))

@@ -1,8 +1,10 @@
 """Warehouse I/O for DuckDB (embedded default) and PostgreSQL, behind one small interface.
 
 Bulk paths: DuckDB scans Arrow tables directly; PostgreSQL loads with `COPY ... FROM STDIN` fed from
-Arrow batches written as CSV. `publish` replaces one run date's rows of a serving table inside a single
-transaction, so readers see the old rows or the new rows, never a mix, and a rerun never duplicates.
+Arrow batches written as CSV. `publish` first bulk-loads each serving table's new rows into a staging
+(temporary) table, then replaces the run date's rows of every serving table in ONE transaction, together with
+a row of `ops.published_runs`: readers see the old rows or the new rows of all tables, never a mix, a rerun never
+duplicates, and a crash at any point leaves the previous rows.
 Identifiers are never taken from input: they are checked against a strict pattern before use.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import io
 import re
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pyarrow as pa
@@ -28,6 +31,11 @@ SERVING_DDL = {
         p_active DOUBLE PRECISION NOT NULL, expected_value DOUBLE PRECISION NOT NULL,
         model_version VARCHAR NOT NULL, mlflow_run_id VARCHAR NOT NULL, generated_at TIMESTAMP NOT NULL)""",
 }
+
+# One row per successful publish: what the next run's raw-volume gate compares with.
+PUBLISHED_RUNS_DDL = """(
+    run_date DATE NOT NULL, model_name VARCHAR NOT NULL, run_id VARCHAR NOT NULL, raw_events BIGINT NOT NULL,
+    published_at TIMESTAMP NOT NULL)"""
 
 PG_TYPES = {
     pa.string(): "TEXT", pa.large_string(): "TEXT", pa.int64(): "BIGINT", pa.int32(): "INTEGER",
@@ -50,9 +58,28 @@ def connect(url: str) -> "Warehouse":
     raise ValueError(f"unsupported warehouse URL {url!r}: use duckdb:///path or postgresql://...")
 
 
+def _check_tables(tables: dict) -> None:
+    for table in tables:
+        if table not in SERVING_DDL:
+            raise ValueError(f"unknown serving table {table!r}: one of {', '.join(SERVING_DDL)}")
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def _batches(data: pa.Table | pa.RecordBatchReader, size: int = 100_000):
+    return data.to_batches(max_chunksize=size) if isinstance(data, pa.Table) else data
+
+
+def _wrong_date_error(table: str, run_date: str, n: int) -> ValueError:
+    return ValueError(f"publish {table} for run_date {run_date}: {n} row(s) have another or no run_date; nothing published")
+
+
 class Warehouse:
     url: str
     kind: str
+    placeholder = "?"
 
     def replace_table(self, schema: str, table: str, data: pa.Table) -> None:
         raise NotImplementedError
@@ -60,8 +87,25 @@ class Warehouse:
     def query(self, sql: str, params: tuple = ()) -> pa.Table:
         raise NotImplementedError
 
-    def publish(self, table: str, run_date: str, data: pa.Table) -> int:
+    def publish(self, run_date: str, tables: dict[str, pa.Table | pa.RecordBatchReader],
+                record: dict | None = None) -> dict[str, int]:
+        """Replace `run_date`'s rows of each serving table with `tables[name]` (all in one transaction) and, when
+        given, add `record` (model_name, run_id, raw_events) to ops.published_runs; returns rows per table."""
         raise NotImplementedError
+
+    def table_exists(self, schema: str, table: str) -> bool:
+        qualified(schema, table)
+        found = self.query("select count(*) as n from information_schema.tables where table_schema = ? and table_name = ?"
+                           .replace("?", self.placeholder), (schema, table))
+        return found.to_pylist()[0]["n"] > 0
+
+    def last_published(self, model_name: str) -> dict | None:
+        """The latest ops.published_runs row of a registered model, or None before its first publish."""
+        if not self.table_exists("ops", "published_runs"):
+            return None
+        rows = self.query("select * from ops.published_runs where model_name = ? order by published_at desc limit 1"
+                          .replace("?", self.placeholder), (model_name,)).to_pylist()
+        return rows[0] if rows else None
 
     def export_parquet(self, schema: str, table: str, path: Path) -> int:
         data = self.query(f"select * from {qualified(schema, table)}")
@@ -105,21 +149,37 @@ class DuckDBWarehouse(Warehouse):
             con.execute(f"copy (select * from {qualified(schema, table)}) to '{Path(path)}' (format parquet)")
             return con.execute(f"select count(*) from {qualified(schema, table)}").fetchone()[0]
 
-    def publish(self, table: str, run_date: str, data: pa.Table) -> int:
-        name = qualified("serving", table)
+    def publish(self, run_date: str, tables: dict[str, pa.Table | pa.RecordBatchReader],
+                record: dict | None = None) -> dict[str, int]:
+        _check_tables(tables)
+        counts = {}
         with self._connect() as con:
-            con.execute('create schema if not exists "serving"')
-            con.execute(f"create table if not exists {name} {SERVING_DDL[table]}")
-            con.register("incoming", data)
+            for schema, table, ddl in [("serving", t, SERVING_DDL[t]) for t in tables] + [("ops", "published_runs", PUBLISHED_RUNS_DDL)]:
+                con.execute(f'create schema if not exists "{schema}"')
+                con.execute(f"create table if not exists {qualified(schema, table)} {ddl}")
+            for table, data in tables.items():  # the bulk load, into connection-private staging tables
+                con.register("incoming", data)
+                con.execute(f'create or replace temp table "staged_{table}" as select * from incoming')
+                con.unregister("incoming")
+                counts[table], wrong = con.execute(
+                    f'select count(*), count(*) filter (where run_date is distinct from cast(? as date)) from "staged_{table}"',
+                    [run_date]).fetchall()[0]
+                if wrong:
+                    raise _wrong_date_error(table, run_date, wrong)
             con.execute("begin transaction")
             try:
-                con.execute(f"delete from {name} where run_date = cast(? as date)", [run_date])
-                con.execute(f"insert into {name} by name select * from incoming")
+                for table in tables:
+                    name = qualified("serving", table)
+                    con.execute(f"delete from {name} where run_date = cast(? as date)", [run_date])
+                    con.execute(f'insert into {name} by name select * from "staged_{table}"')
+                if record is not None:
+                    con.execute("insert into ops.published_runs values (cast(? as date), ?, ?, ?, ?)",
+                                [run_date, record["model_name"], record["run_id"], int(record["raw_events"]), _utcnow()])
                 con.execute("commit")
             except BaseException:
                 con.execute("rollback")
                 raise
-        return data.num_rows
+        return counts
 
     def dbt_target(self) -> tuple[str, dict[str, str]]:
         return "duckdb", {"LTVREC_DUCKDB_PATH": str(self.path)}
@@ -127,6 +187,7 @@ class DuckDBWarehouse(Warehouse):
 
 class PostgresWarehouse(Warehouse):
     kind = "postgres"
+    placeholder = "%s"
 
     def __init__(self, url: str):
         self.url = url
@@ -136,10 +197,13 @@ class PostgresWarehouse(Warehouse):
 
         return psycopg.connect(self.url)
 
-    def _copy_in(self, cur, name: str, columns: list[str], data: pa.Table) -> None:
-        cols = ", ".join(f'"{c}"' for c in columns)
+    def _copy_in(self, cur, name: str, data: pa.Table | pa.RecordBatchReader) -> None:
+        for column in data.schema.names:
+            if not IDENT.match(column):
+                raise ValueError(f"invalid column name {column!r}")
+        cols = ", ".join(f'"{c}"' for c in data.schema.names)
         with cur.copy(f"copy {name} ({cols}) from stdin (format csv)") as copy:
-            for batch in data.select(columns).to_batches(max_chunksize=100_000):
+            for batch in _batches(data):
                 buf = io.BytesIO()
                 pacsv.write_csv(batch, buf, pacsv.WriteOptions(include_header=False, quoting_style="needed"))
                 copy.write(buf.getvalue())
@@ -156,7 +220,7 @@ class PostgresWarehouse(Warehouse):
             cur.execute(f'create schema if not exists "{schema}"')
             cur.execute(f"drop table if exists {name} cascade")
             cur.execute(f"create table {name} ({', '.join(columns)})")
-            self._copy_in(cur, name, data.column_names, data)
+            self._copy_in(cur, name, data)
 
     def query(self, sql: str, params: tuple = ()) -> pa.Table:
         with self._connect() as con, con.cursor() as cur:
@@ -165,17 +229,58 @@ class PostgresWarehouse(Warehouse):
             rows = cur.fetchall()
         return pa.table({n: [r[i] for r in rows] for i, n in enumerate(names)})
 
-    def publish(self, table: str, run_date: str, data: pa.Table) -> int:
-        name = qualified("serving", table)
-        with self._connect() as con:  # one transaction: commit on success, rollback on any error
-            with con.cursor() as cur:
-                cur.execute('create schema if not exists "serving"')
-                cur.execute(f"create table if not exists {name} {SERVING_DDL[table]}")
-                cur.execute(f"create temp table incoming (like {name}) on commit drop")
-                self._copy_in(cur, "incoming", data.column_names, data)
+    def publish(self, run_date: str, tables: dict[str, pa.Table | pa.RecordBatchReader],
+                record: dict | None = None) -> dict[str, int]:
+        _check_tables(tables)
+        counts = {}
+        with self._connect() as con, con.cursor() as cur:
+            for schema, table, ddl in [("serving", t, SERVING_DDL[t]) for t in tables] + [("ops", "published_runs", PUBLISHED_RUNS_DDL)]:
+                cur.execute(f'create schema if not exists "{schema}"')
+                cur.execute(f"create table if not exists {qualified(schema, table)} {ddl}")
+            con.commit()
+            # one transaction from here: COPY into temporary staging tables, then swap the run date's rows
+            for table, data in tables.items():
+                name, staged = qualified("serving", table), f'"staged_{table}"'
+                cur.execute(f"create temp table {staged} (like {name}) on commit drop")
+                self._copy_in(cur, staged, data)
+                cur.execute(f"select count(*), count(*) filter (where run_date is distinct from %s::date) from {staged}",
+                            (run_date,))
+                counts[table], wrong = cur.fetchone()
+                if wrong:
+                    raise _wrong_date_error(table, run_date, wrong)
+            for table in tables:
+                name, staged = qualified("serving", table), f'"staged_{table}"'
+                cols = ", ".join(f'"{c}"' for c in self._columns(cur, "serving", table))
                 cur.execute(f"delete from {name} where run_date = %s::date", (run_date,))
-                cur.execute(f"insert into {name} select * from incoming")
-        return data.num_rows
+                cur.execute(f"insert into {name} ({cols}) select {cols} from {staged}")
+            if record is not None:
+                cur.execute("insert into ops.published_runs values (%s::date, %s, %s, %s, %s)",
+                            (run_date, record["model_name"], record["run_id"], int(record["raw_events"]), _utcnow()))
+            con.commit()
+        return counts
+
+    @staticmethod
+    def _columns(cur, schema: str, table: str) -> list[str]:
+        cur.execute("select column_name from information_schema.columns where table_schema = %s and table_name = %s "
+                    "order by ordinal_position", (schema, table))
+        return [r[0] for r in cur.fetchall()]
+
+    def create_reader_role(self, password: str, role: str = "ltvrec_reader") -> None:
+        """A login role that can read `serving` (now and tables created later) and nothing else."""
+        from psycopg import sql
+
+        if not IDENT.match(role):
+            raise ValueError(f"invalid role name {role!r}")
+        ident = sql.Identifier(role)
+        with self._connect() as con, con.cursor() as cur:
+            cur.execute("select 1 from pg_roles where rolname = %s", (role,))
+            verb = "alter" if cur.fetchone() else "create"
+            cur.execute(sql.SQL(verb + " role {} with login nosuperuser nocreatedb nocreaterole password {}")
+                        .format(ident, sql.Literal(password)))
+            cur.execute('create schema if not exists "serving"')
+            cur.execute(sql.SQL('grant usage on schema "serving" to {}').format(ident))
+            cur.execute(sql.SQL('grant select on all tables in schema "serving" to {}').format(ident))
+            cur.execute(sql.SQL('alter default privileges in schema "serving" grant select on tables to {}').format(ident))
 
     def dbt_target(self) -> tuple[str, dict[str, str]]:
         from psycopg.conninfo import conninfo_to_dict

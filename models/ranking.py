@@ -21,8 +21,9 @@ def mask_seen(scores: torch.Tensor, seen: list[np.ndarray]) -> None:
 
 @torch.no_grad()
 def model_topk(model, items: list[np.ndarray], types: list[np.ndarray], k: int, chunk: int = 1024,
-               item_value: np.ndarray | None = None):
-    """Top-k (indices, scores) and final user vectors for each history; seen items excluded.
+               item_value: np.ndarray | None = None, allowed: np.ndarray | None = None):
+    """Top-k (indices, scores) and final user vectors for each history; seen items excluded, and with
+    `allowed` (bool by model item index) every item it marks False (e.g. no longer in the catalogue).
 
     By default items are ranked by the model's logit (relevance). With `item_value` (by model item index,
     e.g. the catalogue price) they are ranked by expected value instead: P(next new item = i) x value_i, the
@@ -35,6 +36,7 @@ def model_topk(model, items: list[np.ndarray], types: list[np.ndarray], k: int, 
     if item_value is not None:
         value = torch.as_tensor(np.asarray(item_value, dtype=np.float32))
         log_value = torch.where(value > 0, value.clamp(min=1e-30).log(), torch.tensor(float("-inf")))
+    banned = None if allowed is None else torch.as_tensor(~np.asarray(allowed, dtype=bool))
     idx, val, vecs = [], [], []
     for start in range(0, len(items), chunk):
         its, tys = items[start : start + chunk], types[start : start + chunk]
@@ -43,6 +45,8 @@ def model_topk(model, items: list[np.ndarray], types: list[np.ndarray], k: int, 
         h = model.encode(x, t)[:, -1]
         scores = model.item_logits(h)
         mask_seen(scores, its)
+        if banned is not None:
+            scores[:, banned] = float("-inf")
         if log_value is not None:  # (a user who has seen every item gets NaN rows: nothing to recommend)
             scores = torch.nan_to_num(torch.log_softmax(scores.float(), dim=1) + log_value, nan=float("-inf"))
         top = scores.topk(k, dim=1)

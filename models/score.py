@@ -12,7 +12,8 @@ from models.ranking import model_topk
 
 
 def score_recommendations(fs: FeatureSet, loaded: LoadedModel, top_n: int, rank_by: str = "relevance") -> pa.Table:
-    """One row per user and rank (fewer ranks only where a user has seen nearly every item).
+    """One row per user and rank (fewer ranks only where a user has seen nearly every item); only items of this
+    run's catalogue are recommended (a champion trained earlier may know items that are gone).
 
     rank_by="relevance": score = the model's logit; "expected_value": score = P(next new item) x catalogue price,
     items without a price are not recommended.
@@ -25,7 +26,8 @@ def score_recommendations(fs: FeatureSet, loaded: LoadedModel, top_n: int, rank_
         value = loaded.item_price
     pos, own_items, own_types = fs.histories(epoch(fs.split["end"]))
     its, tys = to_model_index(fs, loaded, own_items, own_types)
-    topk, scores, _ = model_topk(loaded.model, its, tys, k=top_n, item_value=value)
+    in_catalogue = np.isin(np.asarray([""] + list(loaded.item_ids), dtype=object), np.asarray(fs.item_ids, dtype=object))
+    topk, scores, _ = model_topk(loaded.model, its, tys, k=top_n, item_value=value, allowed=in_catalogue)
     keep = np.isfinite(scores)  # -inf: nothing unseen left to recommend at that rank
     n_rank = topk.shape[1]
     item_ids = np.asarray([""] + list(loaded.item_ids), dtype=object)

@@ -1,6 +1,7 @@
 import pytest
 
-from ltvrec.config import RunConfig
+from ltvrec import warehouse
+from ltvrec.config import RunConfig, redact_url
 
 
 def test_defaults_are_valid():
@@ -62,3 +63,14 @@ def test_demo_passes_a_valid_config_to_run(monkeypatch):
     monkeypatch.setattr(cli, "airflow_env", stop)  # the first thing `run` does after validating the config
     with pytest.raises(Reached):
         cli.demo(users=10)
+
+
+def test_the_warehouse_can_come_from_an_airflow_connection(monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_LTVREC_WAREHOUSE", "postgresql://ltv:pa%40ss@db.example:5433/analytics")
+    cfg = RunConfig(warehouse_url="duckdb:///ignored.duckdb", warehouse_conn_id="ltvrec_warehouse")
+    wh = warehouse.connect(cfg.resolved_warehouse_url)
+    assert wh.kind == "postgres"
+    env = wh.dbt_target()[1]
+    assert (env["LTVREC_PG_HOST"], env["LTVREC_PG_PORT"], env["LTVREC_PG_USER"], env["LTVREC_PG_PASSWORD"],
+            env["LTVREC_PG_DBNAME"]) == ("db.example", "5433", "ltv", "pa@ss", "analytics")
+    assert "pa%40ss" not in redact_url(cfg.resolved_warehouse_url) and "***" in redact_url(cfg.resolved_warehouse_url)

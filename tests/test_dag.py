@@ -45,3 +45,15 @@ def test_publish_declares_the_serving_assets(dagbag):
 def test_params_have_documented_defaults(dagbag):
     params = dagbag.dags["ltvrec_batch"].params
     assert params["source"] == "synthetic" and params["top_n"] == 10 and params["horizon_days"] == 90
+
+
+def test_every_param_is_a_config_key_with_the_same_default(dagbag):
+    from ltvrec.config import RunConfig
+
+    defaults = RunConfig().to_dict()
+    params = dagbag.dags["ltvrec_batch"].params
+    for name in params:
+        value = params[name]
+        assert name in defaults, f"DAG param {name} is not a RunConfig key"
+        if value is not None:
+            assert value == defaults[name], f"DAG param {name}: {value!r} vs RunConfig {defaults[name]!r}"

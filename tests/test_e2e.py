@@ -63,7 +63,7 @@ def test_one_ltv_row_per_customer(home):
 
 def test_registry_has_a_champion_and_summary_is_complete(home):
     summary_path = next((home / "runs").glob("*/summary.json"))
-    summary = json.loads(summary_path.read_text())
+    summary = json.loads(summary_path.read_text(), parse_constant=lambda c: pytest.fail(f"summary.json holds {c}"))
     for stage in ("ingest", "dbt_build", "features", "train", "evaluate", "score", "publish"):
         assert summary["timings_s"][stage] > 0
     assert summary["rows"]["publish"]["recommendations"] > 0
@@ -82,17 +82,63 @@ def test_registry_has_a_champion_and_summary_is_complete(home):
     assert str(info["version"]) == "1"
     assert {"test_model_ndcg_10", "test_popularity_ndcg_10", "val_ndcg_10", "rec_loss"} <= set(info["metrics"])
     assert "summary.json" in info["artifacts"] and "evaluation" in info["artifacts"]
+    assert summary["registry"]["decision"] == "promoted" and summary["registry"]["rubber_stamp"] is True
+    assert "rubber stamp" in summary["registry"]["reasons"][0]
+    assert version_tags(home, 1)["promotion"] == "promoted"
+
+
+def version_tags(home: Path, version: int) -> dict:
+    code = (
+        "import mlflow, json; from mlflow import MlflowClient; "
+        f"mlflow.set_tracking_uri('sqlite:///{home}/mlflow.db'); c = MlflowClient(); "
+        f"v = c.get_model_version('ltvrec-synthetic', '{version}'); "
+        "print(json.dumps({**v.tags, 'champion': str(c.get_model_version_by_alias('ltvrec-synthetic', 'champion').version)}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def latest_summary(home: Path) -> dict:
+    return json.loads(max((home / "runs").glob("*/summary.json"), key=lambda p: p.stat().st_mtime).read_text())
 
 
 def test_rerun_of_the_same_date_replaces_rows(home):
     before = query(home, "select run_date, count(*) from serving.recommendations group by run_date")
-    again = ltvrec(home, "run", "--synthetic-users", "250", "--epochs", "1", "--top-n", "5", "--warm-start", "--conf", CONF)
+    lenient = json.dumps(json.loads(CONF) | {"ndcg_tolerance": 1.0, "gini_tolerance": 1.0})  # 1 epoch may be worse
+    again = ltvrec(home, "run", "--synthetic-users", "250", "--epochs", "1", "--top-n", "5", "--warm-start", "--conf", lenient)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    summary = latest_summary(home)
+    assert summary["registry"]["decision"] == "promoted" and summary["registry"]["champion_before"] == "1"
+    assert "ndcg_10" in summary["metrics"]["recommendation"]["champion"]  # v1 evaluated on the same holdout
+    assert "gini" in summary["metrics"]["ltv"]["champion"]
     after = query(home, "select run_date, count(*), max(model_version) from serving.recommendations group by run_date")
     assert [(d, n) for d, n, _ in after] == before
     assert after[0][2] == "2"  # the new champion's rows replaced the old ones
     newest = max((home / "runs").glob("*/train/result.json"), key=lambda p: p.stat().st_mtime)
     assert json.loads(newest.read_text())["init"].startswith("warm start from")  # continual training
+
+
+def test_a_challenger_that_fails_the_model_gate_stays_registered_and_the_champion_scores(home):
+    before = query(home, "select count(*), max(model_version) from serving.recommendations")
+    strict = json.dumps(json.loads(CONF) | {"ndcg_tolerance": -1.0})  # would have to gain a full point of NDCG@10
+    third = ltvrec(home, "run", "--synthetic-users", "250", "--epochs", "1", "--top-n", "5", "--conf", strict)
+    assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
+    assert "v3 REJECTED by the model gate; scored with @champion v2" in third.stdout
+    summary = latest_summary(home)
+    assert summary["registry"]["decision"] == "rejected" and summary["registry"]["champion"] == "2"
+    assert any("outside tolerance -1.0" in r for r in summary["registry"]["reasons"])
+    tags = version_tags(home, 3)
+    assert tags["promotion"] == "rejected" and tags["champion"] == "2" and "outside tolerance" in tags["promotion_reasons"]
+    assert query(home, "select count(*), max(model_version) from serving.recommendations") == before  # still v2's
+
+
+def test_a_volume_spike_stops_the_run_before_cleaning(home):
+    """12x the users (10x the events) of the published runs; tests/test_gate.py has the 100x case at the stage."""
+    before = query(home, "select count(*), max(generated_at) from serving.recommendations")
+    result = ltvrec(home, "run", "--synthetic-users", "3000", "--conf", json.dumps(json.loads(CONF) | {"max_volume_ratio": 5}))
+    assert result.returncode == 1
+    assert "stage gate_raw failed" in result.stderr and "ratio" in result.stderr
+    assert query(home, "select count(*), max(generated_at) from serving.recommendations") == before
 
 
 def test_a_failing_stage_publishes_nothing(home, tmp_path):

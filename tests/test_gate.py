@@ -1,7 +1,10 @@
+import numpy as np
 import pandas as pd
 import pytest
 
-from expectations.gate import GateFailed, run_gate
+from expectations.gate import GateFailed, run_gate, scores_frames
+
+RAW = {"max_volume_ratio": 10.0}
 
 
 def raw_frames(**overrides):
@@ -12,11 +15,12 @@ def raw_frames(**overrides):
     })
     for column, values in overrides.items():
         events[column] = values
-    return {"raw_events": events, "raw_items": pd.DataFrame({"item_id": ["i1", "i2"]})}
+    volume = pd.DataFrame({"raw_events": [], "previous_raw_events": [], "previous_run": [], "ratio": []})  # first run
+    return {"raw_events": events, "raw_items": pd.DataFrame({"item_id": ["i1", "i2"]}), "volume": volume}
 
 
 def test_good_data_passes_and_writes_data_docs(tmp_path):
-    summary = run_gate("raw", raw_frames(), {}, tmp_path)
+    summary = run_gate("raw", raw_frames(), RAW, tmp_path)
     assert summary["success"] and summary["datasets"]["raw_events"]["rows"] == 2
     assert (tmp_path / "raw_report.txt").read_text().startswith("gate raw: PASSED")
     assert (tmp_path / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html").exists()
@@ -24,7 +28,7 @@ def test_good_data_passes_and_writes_data_docs(tmp_path):
 
 def test_failure_raises_with_a_readable_report(tmp_path):
     with pytest.raises(GateFailed) as err:
-        run_gate("raw", raw_frames(event_type=["view", "teleport"], source_row=[1, 1]), {}, tmp_path)
+        run_gate("raw", raw_frames(event_type=["view", "teleport"], source_row=[1, 1]), RAW, tmp_path)
     message = str(err.value)
     assert "expect_column_values_to_be_in_set" in message and "teleport" in message
     assert "expect_column_values_to_be_unique" in message
@@ -35,24 +39,113 @@ def test_missing_column_fails(tmp_path):
     frames = raw_frames()
     frames["raw_events"] = frames["raw_events"].drop(columns="unit_price")
     with pytest.raises(GateFailed, match="unit_price"):
-        run_gate("raw", frames, {}, tmp_path)
+        run_gate("raw", frames, RAW, tmp_path)
 
 
-def test_scores_gate_catches_seen_items_and_bad_ranks(tmp_path):
-    recs = pd.DataFrame({"user_id": ["u1", "u1"], "rank": [1, 12], "item_id": ["i1", "i2"], "seen_before": [True, False]})
-    ltv = pd.DataFrame({"user_id": ["u1"], "p_active": [1.5], "expected_value": [-1.0]})
-    with pytest.raises(GateFailed) as err:
-        run_gate("scores", {"recommendations": recs, "ltv_estimates": ltv}, {"top_n": 10, "users_with_unseen_items": 1}, tmp_path)
-    text = str(err.value)
-    for column in ("seen_before", "rank", "p_active", "expected_value"):
-        assert column in text
+@pytest.mark.parametrize("ratio, passes", [(1.0, True), (9.9, True), (0.2, True), (100.0, False), (0.01, False)])
+def test_a_volume_spike_against_the_last_published_run_fails(tmp_path, ratio, passes):
+    frames = raw_frames()
+    frames["volume"] = pd.DataFrame({"raw_events": [int(1000 * ratio)], "previous_raw_events": [1000],
+                                     "previous_run": ["manual__2026-01-01"], "ratio": [ratio]})
+    if passes:
+        run_gate("raw", frames, RAW, tmp_path)
+    else:
+        with pytest.raises(GateFailed, match="ratio"):
+            run_gate("raw", frames, RAW, tmp_path)
+
+
+CATALOGUE = pd.Series(["i1", "i2", "i3", "i4"])
+SEEN = pd.DataFrame({"user_id": ["u1", "u2", "u2", "u2"], "item_id": ["i1", "i1", "i2", "i3"]})
+USERS = pd.Series(["u1", "u2"])
+
+
+def good_scores(top_n=2):
+    """u1 has 3 unseen items -> 2 rows; u2 has 1 unseen item -> 1 row."""
+    recs = pd.DataFrame({"user_id": ["u1", "u1", "u2"], "rank": [1, 2, 1], "item_id": ["i2", "i3", "i4"],
+                         "score": [2.0, 1.0, 0.5]})
+    ltv = pd.DataFrame({"user_id": ["u1", "u2"], "p_active": [0.5, 0.1], "expected_value": [3.0, 0.0]})
+    return recs, ltv
+
+
+def gate_scores(tmp_path, recs, ltv, top_n=2):
+    frames, params = scores_frames(recs, ltv, SEEN, CATALOGUE, USERS, top_n)
+    return run_gate("scores", frames, params, tmp_path)
+
+
+def test_good_scores_pass(tmp_path):
+    assert gate_scores(tmp_path, *good_scores())["success"]
+
+
+@pytest.mark.parametrize("broken, expected", [
+    (lambda r, l: r.assign(item_id=["i1", "i3"] + ["i4"]), "seen_before"),          # u1 gets an item it has
+    (lambda r, l: r.assign(rank=[1, 12, 1]), "rank"),                                 # rank beyond N
+    (lambda r, l: r.assign(item_id=["i2", "i9", "i4"]), "in_catalogue"),            # unknown item
+    (lambda r, l: r.assign(score=[np.nan, 1.0, 0.5]), "score_is_finite"),           # NaN score
+    (lambda r, l: r.iloc[:2], "expect_column_pair_values_to_be_equal"),             # u2 got no row
+    (lambda r, l: r.iloc[[0, 2]], "expect_column_pair_values_to_be_equal"),         # u1 got 1 of 2 rows
+    (lambda r, l: r.assign(user_id=["u1", "u1", "u1"], rank=[1, 2, 3], item_id=["i2", "i3", "i4"]), "rank"),
+])
+def test_scores_gate_catches_each_broken_recommendation(tmp_path, broken, expected):
+    recs, ltv = good_scores()
+    with pytest.raises(GateFailed, match=expected):
+        gate_scores(tmp_path, broken(recs, ltv), ltv)
+
+
+@pytest.mark.parametrize("column, values, expected", [
+    ("p_active", [1.5, 0.1], "p_active"),
+    ("expected_value", [-1.0, 0.0], "expected_value"),
+    ("expected_value", [np.inf, 0.0], "expected_value_is_finite"),
+    ("expected_value", [np.nan, 0.0], "expected_value"),
+    ("user_id", ["u1", "u1"], "expect_column_values_to_be_unique"),
+])
+def test_scores_gate_catches_each_broken_ltv_estimate(tmp_path, column, values, expected):
+    recs, ltv = good_scores()
+    with pytest.raises(GateFailed, match=expected):
+        gate_scores(tmp_path, recs, ltv.assign(**{column: values}))
 
 
 def test_scores_gate_allows_no_recommendations_only_when_nothing_is_left_to_recommend(tmp_path):
-    recs = pd.DataFrame({"user_id": pd.Series([], dtype=str), "rank": pd.Series([], dtype="int32"),
-                         "item_id": pd.Series([], dtype=str), "seen_before": pd.Series([], dtype=bool)})
+    empty = pd.DataFrame({"user_id": pd.Series([], dtype=str), "rank": pd.Series([], dtype="int32"),
+                          "item_id": pd.Series([], dtype=str), "score": pd.Series([], dtype=float)})
     ltv = pd.DataFrame({"user_id": ["u1"], "p_active": [0.5], "expected_value": [3.0]})
-    frames = {"recommendations": recs, "ltv_estimates": ltv}
-    run_gate("scores", frames, {"top_n": 10, "users_with_unseen_items": 0}, tmp_path / "a")  # passes
+    one_item, one_user = pd.Series(["only"]), pd.Series(["u1"])
+    seen_all = pd.DataFrame({"user_id": ["u1"], "item_id": ["only"]})
+    frames, params = scores_frames(empty, ltv, seen_all, one_item, one_user, 10)
+    run_gate("scores", frames, params, tmp_path / "a")  # passes
+    frames, params = scores_frames(empty, ltv, seen_all.iloc[:0], one_item, one_user, 10)  # u1 could get "only"
     with pytest.raises(GateFailed, match="expect_table_row_count_to_be_between"):
-        run_gate("scores", frames, {"top_n": 10, "users_with_unseen_items": 3}, tmp_path / "b")
+        run_gate("scores", frames, params, tmp_path / "b")
+
+
+def test_the_raw_gate_stage_compares_with_the_last_published_run(tmp_path):
+    """100x the events of the last published run of the same model fails gate_raw; the first run has nothing to
+    compare with; another model's history does not count."""
+    import pyarrow as pa
+
+    from ltvrec import stages, warehouse
+    from ltvrec.config import RunConfig
+
+    url = f"duckdb:///{tmp_path / 'wh.duckdb'}"
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    RunConfig(warehouse_url=url).save(run_dir)
+    wh = warehouse.connect(url)
+    events = raw_frames()["raw_events"]
+    wh.replace_table("raw", "events", pa.Table.from_pandas(pd.concat([events] * 50, ignore_index=True).assign(
+        source_row=range(1, 101)), preserve_index=False))
+    wh.replace_table("raw", "items", pa.table({"item_id": ["i1", "i2"]}))
+    assert stages.gate_raw(str(run_dir))["volume"] is None  # nothing published yet
+
+    def published(model, raw_events):
+        wh.publish("2026-01-01", {"ltv_estimates": pa.table({
+            "run_date": pa.array([pd.Timestamp("2026-01-01").date()], pa.date32()), "user_id": ["u1"],
+            "horizon_days": pa.array([90], pa.int32()), "p_active": [0.5], "expected_value": [1.0],
+            "model_version": ["1"], "mlflow_run_id": ["x"], "generated_at": pa.array([pd.Timestamp("2026-01-01")], pa.timestamp("us"))})},
+            record={"model_name": model, "run_id": f"run-{raw_events}", "raw_events": raw_events})
+
+    published("ltvrec-synthetic", 100)
+    assert stages.gate_raw(str(run_dir))["volume"]["ratio"] == 1.0
+    published("ltvrec-other", 1)  # another model's history does not count
+    published("ltvrec-synthetic", 1)  # this run has 100x the events of the last published one
+    with pytest.raises(GateFailed, match="ratio"):
+        stages.gate_raw(str(run_dir))

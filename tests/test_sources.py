@@ -106,3 +106,15 @@ def test_synthetic_is_deterministic_and_dirty():
     assert df.duplicated().sum() > 0  # exact duplicates for dbt to quarantine
     assert df["user_id"].isna().sum() > 0
     assert set(df["event_type"]) <= {"view", "cart", "purchase", "return"}
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 5, 64, 1 << 24])
+def test_utf8_scan_is_exact_across_read_blocks(tmp_path, chunk):
+    """The streamed UTF-8 check reads in blocks: a character split by a block edge is fine, the offset exact."""
+    f = tmp_path / "events.csv"
+    f.write_bytes(b"user_id,item_id\n" + "é€".encode() * 7 + b"\n")
+    assert sources._first_non_utf8_byte(f, chunk) is None
+    f.write_bytes(b"user_id,item_id\n" + "é€".encode() * 7 + b"\xff\n")
+    assert sources._first_non_utf8_byte(f, chunk) == 16 + 5 * 7
+    f.write_bytes(b"user_id,item_id\nu1,caf\xc3")  # cut inside a character at the very end
+    assert sources._first_non_utf8_byte(f, chunk) == 16 + 6

@@ -35,23 +35,72 @@ def count(wh, where=""):
     return wh.query(f"select count(*) as n from serving.recommendations {where}").to_pylist()[0]["n"]
 
 
-def test_publish_replaces_the_run_date_and_keeps_other_dates(wh):
-    wh.publish("recommendations", "2026-01-01", recs("2026-01-01"))
+def ltv(run_date: str, users=("u1", "u2"), version="1") -> pa.Table:
+    return pa.table({
+        "run_date": pa.array([date.fromisoformat(run_date)] * len(users), pa.date32()),
+        "user_id": list(users), "horizon_days": pa.array([90] * len(users), pa.int32()),
+        "p_active": [0.5] * len(users), "expected_value": [10.0] * len(users),
+        "model_version": [version] * len(users), "mlflow_run_id": ["abc"] * len(users),
+        "generated_at": pa.array([datetime(2026, 1, 1, 12)] * len(users), pa.timestamp("us")),
+    })
+
+
+def rows(wh, table="recommendations", where=""):
+    return sorted(tuple(r.values()) for r in wh.query(f"select * from serving.{table} {where}").to_pylist())
+
+
+def test_three_reruns_of_a_date_give_the_identical_row_set(wh):
+    wh.publish("2026-01-01", {"recommendations": recs("2026-01-01")})
+    wh.publish("2026-01-02", {"recommendations": recs("2026-01-02", version="2")})
+    first = rows(wh)
     for _ in range(3):  # reruns of the same date replace, never duplicate
-        wh.publish("recommendations", "2026-01-02", recs("2026-01-02", version="2"))
-    assert count(wh) == 12
-    assert count(wh, "where run_date = date '2026-01-02'") == 6
-    wh.publish("recommendations", "2026-01-01", recs("2026-01-01", users=("u9",), version="3"))
-    rows = wh.query("select user_id, model_version from serving.recommendations where run_date = date '2026-01-01'").to_pylist()
-    assert {(r["user_id"], r["model_version"]) for r in rows} == {("u9", "3")}
+        wh.publish("2026-01-02", {"recommendations": recs("2026-01-02", version="2")})
+        assert rows(wh) == first
+    assert count(wh) == 12 and count(wh, "where run_date = date '2026-01-02'") == 6
+    wh.publish("2026-01-01", {"recommendations": recs("2026-01-01", users=("u9",), version="3")})
+    got = wh.query("select user_id, model_version from serving.recommendations where run_date = date '2026-01-01'").to_pylist()
+    assert {(r["user_id"], r["model_version"]) for r in got} == {("u9", "3")}
 
 
-def test_failed_publish_leaves_previous_rows(wh):
-    wh.publish("recommendations", "2026-01-01", recs("2026-01-01"))
-    broken = recs("2026-01-01").set_column(1, "user_id", pa.array([None] * 6, pa.string()))  # NOT NULL violation
-    with pytest.raises(Exception):
-        wh.publish("recommendations", "2026-01-01", broken)
-    assert count(wh) == 6
+@pytest.mark.parametrize("order", [("2026-01-01", "2026-01-02"), ("2026-01-02", "2026-01-01")])
+def test_two_dates_published_in_either_order_are_both_present(wh, order):
+    for run_date in order:
+        wh.publish(run_date, {"recommendations": recs(run_date), "ltv_estimates": ltv(run_date)})
+    for table, per_date in (("recommendations", 6), ("ltv_estimates", 2)):
+        got = wh.query(f"select cast(run_date as varchar) as d, count(*) as n from serving.{table} group by 1 order by 1").to_pylist()
+        assert got == [{"d": "2026-01-01", "n": per_date}, {"d": "2026-01-02", "n": per_date}]
+
+
+def test_a_failed_publish_leaves_every_table_as_it_was(wh):
+    wh.publish("2026-01-01", {"recommendations": recs("2026-01-01"), "ltv_estimates": ltv("2026-01-01")})
+    before = rows(wh), rows(wh, "ltv_estimates")
+    broken = recs("2026-01-01", version="2").set_column(1, "user_id", pa.array([None] * 6, pa.string()))  # NOT NULL
+    with pytest.raises(Exception):  # the LTV rows come first and are fine: they must not be published alone
+        wh.publish("2026-01-01", {"ltv_estimates": ltv("2026-01-01", version="2"), "recommendations": broken})
+    assert (rows(wh), rows(wh, "ltv_estimates")) == before
+
+
+def test_rows_of_another_date_are_refused(wh):
+    with pytest.raises(ValueError, match="run_date 2026-01-02: 6 row"):
+        wh.publish("2026-01-02", {"recommendations": recs("2026-01-01")})
+    assert not wh.table_exists("serving", "recommendations") or count(wh) == 0
+
+
+def test_publish_records_the_run_for_the_volume_gate(wh):
+    assert wh.last_published("ltvrec-x") is None
+    wh.publish("2026-01-01", {"recommendations": recs("2026-01-01")}, record={"model_name": "ltvrec-x", "run_id": "r1", "raw_events": 10})
+    wh.publish("2026-01-02", {"recommendations": recs("2026-01-02")}, record={"model_name": "ltvrec-x", "run_id": "r2", "raw_events": 20})
+    wh.publish("2026-01-02", {"recommendations": recs("2026-01-02")}, record={"model_name": "ltvrec-y", "run_id": "r3", "raw_events": 5})
+    last = wh.last_published("ltvrec-x")
+    assert (last["run_id"], last["raw_events"]) == ("r2", 20)
+    assert wh.last_published("ltvrec-z") is None
+
+
+def test_publish_streams_record_batches(wh):
+    table = recs("2026-01-01", users=tuple(f"u{i}" for i in range(50)))
+    reader = pa.RecordBatchReader.from_batches(table.schema, table.to_batches(max_chunksize=7))
+    assert wh.publish("2026-01-01", {"recommendations": reader}) == {"recommendations": 150}
+    assert count(wh) == 150
 
 
 def test_raw_load_and_parquet_export(wh, tmp_path):
