@@ -121,6 +121,10 @@ class RunConfig:
     warm_start: bool = False  # initialise from the current @champion (continual training)
     item_text: bool = True  # add pretrained sentence embeddings of item titles/categories (cold start)
     nproc: int = 2
+    # scoring: users per chunk (None: chosen from the memory available) and where: local (this machine, CPU or GPU)
+    # or spark (jobs/score.py on spark_master, for more users than one machine holds)
+    score_chunk_users: int | None = None
+    score_engine: str = "local"
     # registry
     model_name: str | None = None  # registered model; default "ltvrec-<source>", one champion per data source
     experiment: str = "ltvrec"
@@ -143,6 +147,10 @@ class RunConfig:
             raise ValueError(f"source {self.source!r} needs a path (--path)")
         if self.rank_by not in ("relevance", "expected_value"):
             raise ValueError(f"config key 'rank_by': {self.rank_by!r} is not relevance or expected_value")
+        if self.score_engine not in ("local", "spark"):
+            raise ValueError(f"config key 'score_engine': {self.score_engine!r} is not local or spark")
+        if self.score_chunk_users is not None and self.score_chunk_users < 1:
+            raise ValueError(f"config key 'score_chunk_users' must be >= 1, got {self.score_chunk_users}")
         if self.loss not in ("auto", "full", "sampled"):
             raise ValueError(f"config key 'loss': {self.loss!r} is not auto, full or sampled")
         if self.eval_protocol not in ("temporal", "leave_one_out"):

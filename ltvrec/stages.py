@@ -241,21 +241,19 @@ def _champion_checkpoint(cfg: RunConfig, run_dir: Path) -> Path | None:
     """The current @champion's checkpoint, copied into the run folder; None when there is no champion yet."""
     import shutil
 
-    import mlflow
     from mlflow.exceptions import MlflowException
+
+    from models.checkpoint import registry_checkpoint
 
     tracking_setup(cfg)
     try:
-        local = Path(mlflow.artifacts.download_artifacts(f"models:/{cfg.registered_model}@champion"))
+        found = registry_checkpoint(f"models:/{cfg.registered_model}@champion")
     except MlflowException as exc:
         log.info("warm start requested but no champion of %s (%s): training from scratch", cfg.registered_model, exc)
         return None
-    found = sorted(local.rglob("final.pt")) or sorted(local.rglob("best.pt"))  # best.pt: models before refit
-    if not found:
-        raise FileNotFoundError(f"champion of {cfg.registered_model} has no checkpoint (final.pt)")
     target = run_dir / "train" / "init_champion.pt"
     target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(found[0], target)
+    shutil.copy(found, target)
     return target
 
 
@@ -418,44 +416,67 @@ def register(run_dir: Path) -> dict:
 
 @stage
 def score(run_dir: Path) -> dict:
-    """Score every user with the `@champion` model; write Parquet for the gate and the publisher."""
+    """Score every user with the `@champion` model, streaming Arrow batches into the scores Parquet files.
+
+    `score_engine=local`: chunks of users on this machine (GPU when there is one); `spark`: jobs/score.py runs
+    the same scoring function over user partitions on the Spark cluster.
+    """
+    import pyarrow.dataset as pads
     from mlflow import MlflowClient
 
-    from models.checkpoint import LoadedModel
+    from models.checkpoint import LoadedModel, registry_checkpoint
     from models.data import FeatureSet
-    from models.score import score_ltv, score_recommendations
+    from models.score import LTV_SCHEMA, RECS_SCHEMA, stream_scores
 
     cfg = RunConfig.load(run_dir)
     tracking_setup(cfg)
     champion = MlflowClient().get_model_version_by_alias(cfg.registered_model, "champion")
-    loaded = LoadedModel.from_registry(f"models:/{cfg.registered_model}@champion")
-    fs = FeatureSet.load(run_dir / "features")
-    recs, ltv = score_recommendations(fs, loaded, cfg.top_n, cfg.rank_by), score_ltv(fs, loaded)
-    run_date = fs.split["as_of"]
+    checkpoint = registry_checkpoint(f"models:/{cfg.registered_model}@champion")
+    run_date = _split(run_dir)["as_of"]
     generated_at = datetime.now(timezone.utc).replace(tzinfo=None)
     meta = {"run_date": pa.scalar(pd.Timestamp(run_date).date(), pa.date32()), "generated_at": pa.scalar(generated_at, pa.timestamp("us")),
-            "model_version": pa.scalar(str(champion.version)), "mlflow_run_id": pa.scalar(_mlflow_run_id(run_dir))}
+            "model_version": pa.scalar(str(champion.version)), "mlflow_run_id": pa.scalar(_mlflow_run_id(run_dir)),
+            "model_name": pa.scalar(cfg.registered_model), "horizon_days": pa.scalar(cfg.horizon_days, pa.int32())}
+    columns = {"recommendations": ["run_date", "user_id", "rank", "item_id", "score", "model_name", "model_version",
+                                   "mlflow_run_id", "generated_at"],
+               "ltv_estimates": ["run_date", "user_id", "horizon_days", "p_active", "expected_value", "model_version",
+                                 "mlflow_run_id", "generated_at"]}
+    base = {"recommendations": RECS_SCHEMA, "ltv_estimates": LTV_SCHEMA}
+    schemas = {t: pa.schema([base[t].field(c) if c in base[t].names else pa.field(c, meta[c].type) for c in cols])
+               for t, cols in columns.items()}
 
-    def with_meta(table: pa.Table, columns: list[str], extra: dict) -> pa.Table:
-        values = {**meta, **extra}
-        cols = {c: table.column(c) if c in table.column_names else pa.array([values[c].as_py()] * table.num_rows, values[c].type)
-                for c in columns}
-        return pa.table(cols)
+    def with_meta(table: str, batch: pa.RecordBatch) -> pa.RecordBatch:
+        return pa.RecordBatch.from_arrays(
+            [batch.column(c) if c in batch.schema.names else pa.repeat(meta[c], batch.num_rows) for c in columns[table]],
+            schema=schemas[table])
 
-    recs = with_meta(recs, ["run_date", "user_id", "rank", "item_id", "score", "model_name", "model_version",
-                            "mlflow_run_id", "generated_at"], {"model_name": pa.scalar(cfg.registered_model)})
-    ltv = with_meta(ltv, ["run_date", "user_id", "horizon_days", "p_active", "expected_value", "model_version",
-                          "mlflow_run_id", "generated_at"], {"horizon_days": pa.scalar(cfg.horizon_days, pa.int32())})
-    if recs.num_rows == 0:
-        log.warning("no recommendations: every user has already interacted with every item of the %d-item catalogue; "
-                    "only LTV estimates are published", fs.n_items - 1)
     out = run_dir / "scores"
     out.mkdir(exist_ok=True)
-    pq.write_table(recs, out / "recommendations.parquet")
-    pq.write_table(ltv, out / "ltv_estimates.parquet")
-    return {"rows": {"recommendations": recs.num_rows, "ltv_estimates": ltv.num_rows,
-                     "users_scored": int(pd.Series(recs.column("user_id").to_numpy()).nunique())},
-            "champion_version": str(champion.version), "run_date": run_date}
+    writers = {t: pq.ParquetWriter(out / f"{t}.parquet", schemas[t]) for t in columns}
+    try:
+        if cfg.score_engine == "spark":
+            spark_out = out / "spark"
+            args = ["--features", str(run_dir / "features"), "--checkpoint", str(checkpoint), "--out", str(spark_out),
+                    "--top-n", str(cfg.top_n), "--rank-by", cfg.rank_by]
+            _spark_submit(cfg, "score.py", args)
+            for t in columns:
+                for batch in pads.dataset(spark_out / t, format="parquet").to_batches(columns=base[t].names, batch_size=100_000):
+                    writers[t].write_batch(with_meta(t, batch.cast(base[t])))
+        else:
+            fs = FeatureSet.load(run_dir / "features")
+            for recs, ltv in stream_scores(fs, LoadedModel.from_file(checkpoint), cfg.top_n, cfg.rank_by, cfg.score_chunk_users):
+                writers["recommendations"].write_batch(with_meta("recommendations", recs))
+                writers["ltv_estimates"].write_batch(with_meta("ltv_estimates", ltv))
+    finally:
+        for writer in writers.values():
+            writer.close()
+    rows = {t: pq.ParquetFile(out / f"{t}.parquet").metadata.num_rows for t in columns}
+    users = pq.read_table(out / "recommendations.parquet", columns=["user_id"]).column("user_id")
+    if rows["recommendations"] == 0:
+        log.warning("no recommendations: every user has already interacted with every item of the catalogue; "
+                    "only LTV estimates are published")
+    return {"rows": rows | {"users_scored": len(users.unique())}, "champion_version": str(champion.version),
+            "run_date": run_date, "engine": cfg.score_engine}
 
 
 @stage

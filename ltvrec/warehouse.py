@@ -1,10 +1,12 @@
 """Warehouse I/O for DuckDB (embedded default) and PostgreSQL, behind one small interface.
 
 Bulk paths: DuckDB scans Arrow tables directly; PostgreSQL loads with `COPY ... FROM STDIN` fed from
-Arrow batches written as CSV. `publish` first bulk-loads each serving table's new rows into a staging
-(temporary) table, then replaces the run date's rows of every serving table in ONE transaction, together with
-a row of `ops.published_runs`: readers see the old rows or the new rows of all tables, never a mix, a rerun never
-duplicates, and a crash at any point leaves the previous rows.
+Arrow batches written as CSV. `publish` bulk-loads each serving table's new rows into a staging table, then
+replaces the run date's rows of every serving table in ONE transaction, together with a row of
+`ops.published_runs`: readers see the old rows or the new rows of all tables, never a mix, a rerun never
+duplicates, and a crash at any point leaves the previous rows. DuckDB stages in a temporary table and swaps by
+delete + insert; PostgreSQL partitions the serving tables by run_date and swaps the date's partition for the
+staging table (metadata only, so the publish costs about one plain COPY).
 Identifiers are never taken from input: they are checked against a strict pattern before use.
 """
 
@@ -12,7 +14,8 @@ from __future__ import annotations
 
 import io
 import re
-from datetime import datetime, timezone
+import uuid
+from datetime import date, datetime, timezone
 from pathlib import Path
 
 import pyarrow as pa
@@ -70,6 +73,48 @@ def _utcnow() -> datetime:
 
 def _batches(data: pa.Table | pa.RecordBatchReader, size: int = 100_000):
     return data.to_batches(max_chunksize=size) if isinstance(data, pa.Table) else data
+
+
+def _csv_chunks(data: pa.Table | pa.RecordBatchReader, ahead: int = 2):
+    """CSV bytes of each Arrow batch, encoded by a helper thread (pyarrow releases the GIL) while the caller
+    sends the previous ones: the encoding overlaps the server's COPY instead of adding to it."""
+    import queue
+    import threading
+
+    chunks: queue.Queue = queue.Queue(maxsize=ahead)
+    done = object()
+    stop = threading.Event()
+
+    def put(item) -> bool:  # False once the caller has stopped reading
+        while not stop.is_set():
+            try:
+                chunks.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def encode() -> None:
+        try:
+            for batch in _batches(data):
+                buf = io.BytesIO()
+                pacsv.write_csv(batch, buf, pacsv.WriteOptions(include_header=False, quoting_style="needed"))
+                if not put(buf.getvalue()):
+                    return
+            put(done)
+        except BaseException as exc:  # re-raised in the caller's thread
+            put(exc)
+
+    worker = threading.Thread(target=encode, daemon=True)
+    worker.start()
+    try:
+        while (item := chunks.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        worker.join()
 
 
 def _wrong_date_error(table: str, run_date: str, n: int) -> ValueError:
@@ -203,10 +248,8 @@ class PostgresWarehouse(Warehouse):
                 raise ValueError(f"invalid column name {column!r}")
         cols = ", ".join(f'"{c}"' for c in data.schema.names)
         with cur.copy(f"copy {name} ({cols}) from stdin (format csv)") as copy:
-            for batch in _batches(data):
-                buf = io.BytesIO()
-                pacsv.write_csv(batch, buf, pacsv.WriteOptions(include_header=False, quoting_style="needed"))
-                copy.write(buf.getvalue())
+            for chunk in _csv_chunks(data):
+                copy.write(chunk)
 
     def replace_table(self, schema: str, table: str, data: pa.Table) -> None:
         name = qualified(schema, table)
@@ -231,39 +274,53 @@ class PostgresWarehouse(Warehouse):
 
     def publish(self, run_date: str, tables: dict[str, pa.Table | pa.RecordBatchReader],
                 record: dict | None = None) -> dict[str, int]:
+        """Serving tables are partitioned by run_date, one partition per date. In one transaction, each table's
+        new rows are COPYed into a fresh staging table, which then REPLACES the date's partition (detach and drop
+        the old one, attach the staging table): the bulk load is a plain COPY, the swap only changes metadata."""
         _check_tables(tables)
+        day = date.fromisoformat(run_date)
         counts = {}
         with self._connect() as con, con.cursor() as cur:
-            for schema, table, ddl in [("serving", t, SERVING_DDL[t]) for t in tables] + [("ops", "published_runs", PUBLISHED_RUNS_DDL)]:
-                cur.execute(f'create schema if not exists "{schema}"')
-                cur.execute(f"create table if not exists {qualified(schema, table)} {ddl}")
+            self._create_serving(cur, list(tables))
             con.commit()
-            # one transaction from here: COPY into temporary staging tables, then swap the run date's rows
-            for table, data in tables.items():
-                name, staged = qualified("serving", table), f'"staged_{table}"'
-                cur.execute(f"create temp table {staged} (like {name}) on commit drop")
-                self._copy_in(cur, staged, data)
-                cur.execute(f"select count(*), count(*) filter (where run_date is distinct from %s::date) from {staged}",
-                            (run_date,))
+            staged = {}
+            for table, data in tables.items():  # the bulk load (the serving tables are not locked meanwhile)
+                staged[table] = f"{table}_staging_{uuid.uuid4().hex[:12]}"
+                cur.execute(f"create table {qualified('serving', staged[table])} (like {qualified('serving', table)})")
+                self._copy_in(cur, qualified("serving", staged[table]), data)
+                cur.execute(f"select count(*), count(*) filter (where run_date is distinct from %s::date) "
+                            f"from {qualified('serving', staged[table])}", (run_date,))
                 counts[table], wrong = cur.fetchone()
                 if wrong:
                     raise _wrong_date_error(table, run_date, wrong)
-            for table in tables:
-                name, staged = qualified("serving", table), f'"staged_{table}"'
-                cols = ", ".join(f'"{c}"' for c in self._columns(cur, "serving", table))
-                cur.execute(f"delete from {name} where run_date = %s::date", (run_date,))
-                cur.execute(f"insert into {name} ({cols}) select {cols} from {staged}")
+            for table in tables:  # the swap: readers wait here for the commit, then see the new partition
+                parent, partition = qualified("serving", table), qualified("serving", f"{table}_p{day:%Y%m%d}")
+                cur.execute("select to_regclass(%s) is not null", (partition,))
+                if cur.fetchone()[0]:
+                    cur.execute(f"alter table {parent} detach partition {partition}")
+                    cur.execute(f"drop table {partition}")
+                cur.execute(f"alter table {qualified('serving', staged[table])} rename to {partition.split('.')[1]}")
+                # DDL takes no bind parameters: `day` is a parsed date, so its ISO text is safe to inline
+                cur.execute(f"alter table {parent} attach partition {partition} for values in ('{day.isoformat()}')")
             if record is not None:
                 cur.execute("insert into ops.published_runs values (%s::date, %s, %s, %s, %s)",
                             (run_date, record["model_name"], record["run_id"], int(record["raw_events"]), _utcnow()))
             con.commit()
         return counts
 
-    @staticmethod
-    def _columns(cur, schema: str, table: str) -> list[str]:
-        cur.execute("select column_name from information_schema.columns where table_schema = %s and table_name = %s "
-                    "order by ordinal_position", (schema, table))
-        return [r[0] for r in cur.fetchall()]
+    def _create_serving(self, cur, tables: list[str]) -> None:
+        """Serving tables partitioned by run_date (and ops.published_runs), where they do not exist yet."""
+        for schema in ("serving", "ops"):
+            cur.execute(f'create schema if not exists "{schema}"')
+        cur.execute(f"create table if not exists {qualified('ops', 'published_runs')} {PUBLISHED_RUNS_DDL}")
+        for table in tables:
+            cur.execute(f"create table if not exists {qualified('serving', table)} {SERVING_DDL[table]} "
+                        f"partition by list (run_date)")
+            cur.execute("select c.relkind from pg_class c join pg_namespace n on n.oid = c.relnamespace "
+                        "where n.nspname = 'serving' and c.relname = %s", (table,))
+            if cur.fetchone()[0] != "p":
+                raise RuntimeError(f"serving.{table} exists but is not partitioned by run_date (made by an older "
+                                   f"ltvrec): rename it, publish again, then copy its old dates in")
 
     def create_reader_role(self, password: str, role: str = "ltvrec_reader") -> None:
         """A login role that can read `serving` (now and tables created later) and nothing else."""

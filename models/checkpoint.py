@@ -31,13 +31,18 @@ class LoadedModel:
     @classmethod
     def from_registry(cls, model_uri: str) -> "LoadedModel":
         """e.g. models:/ltvrec@champion: the checkpoint is logged beside the model as an extra file."""
-        import mlflow
+        return cls.from_file(registry_checkpoint(model_uri))
 
-        local = Path(mlflow.artifacts.download_artifacts(model_uri))
-        found = sorted(local.rglob("final.pt")) or sorted(local.rglob("best.pt"))  # best.pt: models before refit
-        if not found:
-            raise FileNotFoundError(f"{model_uri}: no checkpoint (final.pt) among the model's files")
-        return cls.from_file(found[0])
+
+def registry_checkpoint(model_uri: str) -> Path:
+    """Local path of a registered model's checkpoint file (downloaded from the MLflow artifact store)."""
+    import mlflow
+
+    local = Path(mlflow.artifacts.download_artifacts(model_uri))
+    found = sorted(local.rglob("final.pt")) or sorted(local.rglob("best.pt"))  # best.pt: models before refit
+    if not found:
+        raise FileNotFoundError(f"{model_uri}: no checkpoint (final.pt) among the model's files")
+    return found[0]
 
 
 def warm_start(model: SeqRecModel, ckpt: dict, item_ids: list[str]) -> dict[str, int]:

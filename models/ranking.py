@@ -15,8 +15,16 @@ def mask_seen(scores: torch.Tensor, seen: list[np.ndarray]) -> None:
     """Set the scores of already-seen items (and padding) to -inf, in place."""
     rows = np.repeat(np.arange(len(seen)), [len(s) for s in seen])
     cols = np.concatenate(seen) if len(seen) else np.zeros(0, dtype=np.int64)
-    scores[torch.as_tensor(rows), torch.as_tensor(cols, dtype=torch.long)] = float("-inf")
+    rows_t, cols_t = (torch.as_tensor(a, dtype=torch.long).to(scores.device) for a in (rows, cols))
+    scores[rows_t, cols_t] = float("-inf")
     scores[:, 0] = float("-inf")
+
+
+def trimmed(seqs: list[np.ndarray], max_len: int) -> np.ndarray:
+    """Left-padded codes, only as wide as the longest sequence (at most max_len): leading columns that are
+    padding for every row change nothing (padding is never attended to), so they are not computed."""
+    width = min(max_len, max((len(s) for s in seqs), default=1)) or 1
+    return pad_left(seqs, width)
 
 
 @torch.no_grad()
@@ -29,36 +37,49 @@ def model_topk(model, items: list[np.ndarray], types: list[np.ndarray], k: int, 
     e.g. the catalogue price) they are ranked by expected value instead: P(next new item = i) x value_i, the
     softmax taken over the items the user has not seen; the scores returned are then those expected values,
     and items of value <= 0 are never recommended.
+    Runs on the model's device (on CUDA under bf16 autocast); results come back as CPU arrays / tensors.
     """
     model.eval()
+    device = next(model.parameters()).device
     k = min(k, model.cfg.n_items - 1)
     log_value = None
     if item_value is not None:
-        value = torch.as_tensor(np.asarray(item_value, dtype=np.float32))
-        log_value = torch.where(value > 0, value.clamp(min=1e-30).log(), torch.tensor(float("-inf")))
-    banned = None if allowed is None else torch.as_tensor(~np.asarray(allowed, dtype=bool))
+        value = torch.as_tensor(np.asarray(item_value, dtype=np.float32), device=device)
+        log_value = torch.where(value > 0, value.clamp(min=1e-30).log(), torch.tensor(float("-inf"), device=device))
+    banned = None
+    if allowed is not None and not np.asarray(allowed, dtype=bool)[1:].all():  # (padding is masked anyway)
+        banned = torch.as_tensor(np.flatnonzero(~np.asarray(allowed, dtype=bool)), device=device)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    # shortest histories first: each sub-batch is padded only to its own longest history
+    order = np.argsort([len(s) for s in items], kind="stable")
+    with autocast:
+        item_vecs = model.item_vectors()  # once: with item text it is a (n_items x text_dim) projection
     idx, val, vecs = [], [], []
     for start in range(0, len(items), chunk):
-        its, tys = items[start : start + chunk], types[start : start + chunk]
-        x = torch.as_tensor(pad_left(its, model.cfg.max_len))
-        t = torch.as_tensor(pad_left(tys, model.cfg.max_len))
-        h = model.encode(x, t)[:, -1]
-        scores = model.item_logits(h)
+        rows = order[start : start + chunk]
+        its, tys = [items[r] for r in rows], [types[r] for r in rows]
+        x = torch.as_tensor(trimmed(its, model.cfg.max_len), device=device)
+        t = torch.as_tensor(trimmed(tys, model.cfg.max_len), device=device)
+        with autocast:
+            h = model.encode(x, t, last_only=True, item_vecs=item_vecs)[:, -1]
+            scores = model.item_logits(h, item_vecs).float()
         mask_seen(scores, its)
         if banned is not None:
-            scores[:, banned] = float("-inf")
+            scores.index_fill_(1, banned, float("-inf"))
         if log_value is not None:  # (a user who has seen every item gets NaN rows: nothing to recommend)
-            scores = torch.nan_to_num(torch.log_softmax(scores.float(), dim=1) + log_value, nan=float("-inf"))
+            scores = torch.nan_to_num(torch.log_softmax(scores, dim=1) + log_value, nan=float("-inf"))
         top = scores.topk(k, dim=1)
-        idx.append(top.indices.numpy())
+        idx.append(top.indices.cpu().numpy())
         values = top.values.float()
         if log_value is not None:  # -inf (nothing to recommend at that rank) stays -inf
             values = torch.where(torch.isfinite(values), values.exp(), values)
-        val.append(values.numpy())
-        vecs.append(h)
+        val.append(values.cpu().numpy())
+        vecs.append(h.float().cpu())
+        del scores, top  # before the next sub-batch allocates its own (n x items) scores
     if not idx:
         return np.zeros((0, k), np.int64), np.zeros((0, k), np.float32), torch.zeros(0, model.cfg.d_model)
-    return np.concatenate(idx), np.concatenate(val), torch.cat(vecs)
+    back = np.argsort(order, kind="stable")  # the callers' order again
+    return np.concatenate(idx)[back], np.concatenate(val)[back], torch.cat(vecs)[torch.as_tensor(back)]
 
 
 def popularity_topk(counts: np.ndarray, seen: list[np.ndarray], k: int, chunk: int = 4096):

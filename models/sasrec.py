@@ -47,12 +47,20 @@ class Block(nn.Module):
         )
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """(B, L, d) -> (B, L, d); with last_only, (B, 1, d): only the last position's output (keys and values
+        still come from every position), which is all that scoring needs from the final block."""
         b, length, d = x.shape
-        q, k, v = self.qkv(self.ln1(x)).split(d, dim=2)
-        q, k, v = (t.view(b, length, self.n_heads, d // self.n_heads).transpose(1, 2) for t in (q, k, v))
+        h = self.ln1(x)
+        if last_only:
+            q = F.linear(h[:, -1:], self.qkv.weight[:d], self.qkv.bias[:d])
+            k, v = F.linear(h, self.qkv.weight[d:], self.qkv.bias[d:]).split(d, dim=2)
+            x, mask = x[:, -1:], mask[..., -1:, :]
+        else:
+            q, k, v = self.qkv(h).split(d, dim=2)
+        q, k, v = (t.reshape(b, t.shape[1], self.n_heads, d // self.n_heads).transpose(1, 2) for t in (q, k, v))
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
-        x = x + self.drop(self.proj(y.transpose(1, 2).reshape(b, length, d)))
+        x = x + self.drop(self.proj(y.transpose(1, 2).reshape(b, x.shape[1], d)))
         return x + self.mlp(self.ln2(x))
 
 
@@ -85,24 +93,29 @@ class SeqRecModel(nn.Module):
             return self.item_emb.weight + self.text_proj(self.item_text)
         return self.item_emb.weight
 
-    def encode(self, items: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
-        """(B, L) left-padded item / event-type codes -> (B, L, d) hidden states."""
+    def encode(self, items: torch.Tensor, types: torch.Tensor, last_only: bool = False,
+               item_vecs: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L) left-padded item / event-type codes, L <= max_len -> (B, L, d) hidden states, or with last_only
+        (B, 1, d): the last position's only (the user vector), skipping the final block's other positions.
+        The columns are the LAST L of the max_len positions: a batch of short histories may drop leading padding.
+        `item_vecs`: item_vectors() computed once by a caller that encodes many batches without training."""
         b, length = items.shape
         valid = items != 0
-        pos = torch.arange(length, device=items.device)
-        x = F.embedding(items, self.item_vectors()) * math.sqrt(self.cfg.d_model) + self.type_emb(types) + self.pos_emb(pos)
+        pos = torch.arange(self.cfg.max_len - length, self.cfg.max_len, device=items.device)
+        item_vecs = self.item_vectors() if item_vecs is None else item_vecs
+        x = F.embedding(items, item_vecs) * math.sqrt(self.cfg.d_model) + self.type_emb(types) + self.pos_emb(pos)
         x = self.drop(x) * valid.unsqueeze(-1)
         causal = torch.ones(length, length, dtype=torch.bool, device=items.device).tril()
         # a position attends to earlier real positions and always to itself (so padded rows stay finite)
         mask = (causal & valid[:, None, :]) | torch.eye(length, dtype=torch.bool, device=items.device)
         mask = mask.unsqueeze(1)
-        for block in self.blocks:
-            x = block(x, mask)
+        for i, block in enumerate(self.blocks):
+            x = block(x, mask, last_only=last_only and i == len(self.blocks) - 1)
         return self.ln_f(x)
 
-    def item_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+    def item_logits(self, hidden: torch.Tensor, item_vecs: torch.Tensor | None = None) -> torch.Tensor:
         """Scores of every catalogue item (tied output embeddings); padding gets -inf."""
-        logits = hidden @ self.item_vectors().T
+        logits = hidden @ (self.item_vectors() if item_vecs is None else item_vecs).T
         logits[..., 0] = float("-inf")
         return logits
 

@@ -1,53 +1,150 @@
-"""Batch scoring: top-N unseen items for every user and an LTV estimate for every customer."""
+"""Batch scoring: top-N unseen items for every user and an LTV estimate for every customer, in one pass.
+
+Users are scored in chunks. The encoder gives each user's vector; user vectors x all item vectors is one
+matrix product; seen items and items outside this run's catalogue are masked; `topk` picks the N best; the LTV
+head reads the same user vectors. Peak memory is bounded by the chunk size (chosen from the memory available,
+or `score_chunk_users`), never by users x items, and results leave as Arrow record batches: no table of all
+rows is ever built. `Scorer.score` is the one scoring function: `stream_scores` runs it locally, and
+`jobs/score.py` runs it inside Spark (`mapInArrow` over user partitions, the checkpoint broadcast).
+"""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+
 import numpy as np
+import pandas as pd
 import pyarrow as pa
+import torch
 
 from models.checkpoint import LoadedModel
-from models.data import FeatureSet, epoch
-from models.evaluate import predict_ltv, to_model_index
+from models.data import LTV_FEATURES, FeatureSet, epoch
 from models.ranking import model_topk
+from models.sasrec import ziln_expected_value
+
+RECS_SCHEMA = pa.schema([("user_id", pa.string()), ("rank", pa.int32()), ("item_id", pa.string()), ("score", pa.float64())])
+GROUP = 8  # chunks per streamed batch
+LTV_SCHEMA = pa.schema([("user_id", pa.string()), ("p_active", pa.float64()), ("expected_value", pa.float64())])
 
 
-def score_recommendations(fs: FeatureSet, loaded: LoadedModel, top_n: int, rank_by: str = "relevance") -> pa.Table:
-    """One row per user and rank (fewer ranks only where a user has seen nearly every item); only items of this
-    run's catalogue are recommended (a champion trained earlier may know items that are gone).
+def available_memory() -> int:
+    """Bytes of memory this process may still use: the machine's available memory, or the cgroup's if lower."""
+    import psutil
 
-    rank_by="relevance": score = the model's logit; "expected_value": score = P(next new item) x catalogue price,
-    items without a price are not recommended.
-    """
-    value = None
-    if rank_by == "expected_value":
-        if not (loaded.item_price > 0).any():
-            raise ValueError("rank_by=expected_value needs item prices, but no item of the model's catalogue has a "
-                             "price > 0 (items file column 'price', or unit_price of purchases)")
-        value = loaded.item_price
-    pos, own_items, own_types = fs.histories(epoch(fs.split["end"]))
-    its, tys = to_model_index(fs, loaded, own_items, own_types)
-    in_catalogue = np.isin(np.asarray([""] + list(loaded.item_ids), dtype=object), np.asarray(fs.item_ids, dtype=object))
-    topk, scores, _ = model_topk(loaded.model, its, tys, k=top_n, item_value=value, allowed=in_catalogue)
-    keep = np.isfinite(scores)  # -inf: nothing unseen left to recommend at that rank
-    n_rank = topk.shape[1]
-    item_ids = np.asarray([""] + list(loaded.item_ids), dtype=object)
-    return pa.table(
-        {
-            "user_id": pa.array(np.repeat(fs.users[pos], n_rank)[keep.ravel()], pa.string()),
-            "rank": pa.array(np.tile(np.arange(1, n_rank + 1), len(pos))[keep.ravel()], pa.int32()),
-            "item_id": pa.array(item_ids[topk.ravel()][keep.ravel()], pa.string()),
-            "score": pa.array(scores.ravel()[keep.ravel()].astype(float), pa.float64()),
-        }
-    )
+    free = psutil.virtual_memory().available
+    try:  # cgroup v2 limit (containers)
+        limit, used = (open(f"/sys/fs/cgroup/memory.{n}").read().strip() for n in ("max", "current"))
+        if limit != "max":
+            free = min(free, int(limit) - int(used))
+    except OSError:
+        pass
+    return max(free, 256 << 20)
 
 
-def score_ltv(fs: FeatureSet, loaded: LoadedModel) -> pa.Table:
+def auto_chunk_size(n_items: int, max_len: int, d_model: int, budget_bytes: int | None = None) -> int:
+    """Users per chunk so that one chunk's working set fits `budget_bytes` (default: a quarter of the available
+    memory, at most 2 GiB). Per user: float32 scores over the catalogue, about three copies alive at once
+    (logits, masked/value-weighted scores, topk's work space), and the encoder's activations."""
+    budget = budget_bytes if budget_bytes is not None else min(available_memory() // 4, 2 << 30)
+    per_user = 3 * 4 * n_items + 4 * max_len * d_model * 16
+    return int(np.clip(budget // per_user, 16, 65536))
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Scorer:
+    """A loaded model ready to score users given in this run's item indices (the features' `item_idx`)."""
+
+    def __init__(self, loaded: LoadedModel, run_item_ids, top_n: int, rank_by: str = "relevance",
+                 device: torch.device | None = None, chunk: int | None = None):
+        self.device = device or default_device()
+        cfg = loaded.model.cfg
+        self.chunk = chunk or auto_chunk_size(cfg.n_items, cfg.max_len, cfg.d_model)  # users per matrix product
+        if self.device.type == "cpu":
+            torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+        self.model = loaded.model.to(self.device).eval()
+        self.scaler = loaded.scaler
+        self.item_ids = np.asarray([""] + list(loaded.item_ids), dtype=object)  # by model item index
+        model_index = {item: i + 1 for i, item in enumerate(loaded.item_ids)}
+        run_item_ids = np.asarray(run_item_ids, dtype=object)
+        self.remap = np.array([0] + [model_index.get(i, 0) for i in run_item_ids], dtype=np.int64)  # run idx -> model
+        self.allowed = np.isin(self.item_ids, run_item_ids)  # only items of this run's catalogue are recommended
+        self.top_n = top_n
+        self.value = None
+        if rank_by == "expected_value":
+            if not (loaded.item_price > 0).any():
+                raise ValueError("rank_by=expected_value needs item prices, but no item of the model's catalogue has a "
+                                 "price > 0 (items file column 'price', or unit_price of purchases)")
+            self.value = loaded.item_price
+        elif rank_by != "relevance":
+            raise ValueError(f"rank_by {rank_by!r}: use relevance or expected_value")
+
+    def to_model(self, items: list[np.ndarray], types: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Histories in model indices; items the model does not know are dropped."""
+        mapped = [self.remap[np.asarray(i, dtype=np.int64)] for i in items]
+        keep = [m > 0 for m in mapped]
+        return [m[k] for m, k in zip(mapped, keep)], [np.asarray(t, dtype=np.int64)[k] for t, k in zip(types, keep)]
+
+    @torch.no_grad()
+    def score(self, user_ids: np.ndarray, items: list[np.ndarray], types: list[np.ndarray],
+              ltv_features: pd.DataFrame | None = None) -> tuple[pa.RecordBatch, pa.RecordBatch]:
+        """One chunk of users (histories in this run's item indices) -> (recommendation rows, LTV rows).
+
+        `ltv_features`: raw LTV features aligned with the users, NaN rows for users who are not customers (no
+        LTV row for them); None: no LTV rows at all. Ranks stop early only where a user has nothing left."""
+        its, tys = self.to_model(items, types)
+        topk, scores, user_vecs = model_topk(self.model, its, tys, k=self.top_n, item_value=self.value,
+                                             allowed=self.allowed, chunk=self.chunk)
+        keep = np.isfinite(scores)  # -inf: nothing unseen left to recommend at that rank
+        n_rank = topk.shape[1]
+        users = np.asarray(user_ids, dtype=object)
+        recs = pa.RecordBatch.from_arrays([
+            pa.array(np.repeat(users, n_rank)[keep.ravel()], pa.string()),
+            pa.array(np.tile(np.arange(1, n_rank + 1, dtype=np.int32), len(users))[keep.ravel()], pa.int32()),
+            pa.array(self.item_ids[topk.ravel()][keep.ravel()], pa.string()),
+            pa.array(scores.ravel()[keep.ravel()].astype(np.float64), pa.float64()),
+        ], schema=RECS_SCHEMA)
+        p_all = ev_all = np.zeros(0)
+        customers = np.zeros(len(users), dtype=bool)
+        if ltv_features is not None and len(users):
+            customers = ltv_features[LTV_FEATURES].notna().any(axis=1).to_numpy()
+        if customers.any():
+            feats = torch.as_tensor(self.scaler.transform(ltv_features[customers]), device=self.device)
+            h = user_vecs[torch.from_numpy(customers.copy()).to(user_vecs.device)].float()
+            p, ev = ziln_expected_value(*(t.float() for t in self.model.ltv_params(h, feats)))
+            p_all, ev_all = p.cpu().numpy().astype(np.float64), ev.cpu().numpy().astype(np.float64)
+        ltv = pa.RecordBatch.from_arrays([pa.array(users[customers], pa.string()), pa.array(p_all, pa.float64()),
+                                          pa.array(ev_all, pa.float64())], schema=LTV_SCHEMA)
+        return recs, ltv
+
+
+def stream_scores(fs: FeatureSet, loaded: LoadedModel, top_n: int, rank_by: str = "relevance",
+                  chunk: int | None = None, device: torch.device | None = None
+                  ) -> Iterator[tuple[pa.RecordBatch, pa.RecordBatch]]:
+    """Every user with events before the end of the as-of day: `chunk` users per matrix product (default: auto),
+    GROUP chunks per yielded batch (sorted by history length inside, so that short histories are padded little)."""
+    scorer = Scorer(loaded, fs.item_ids, top_n, rank_by, device, chunk)
+    group = scorer.chunk * GROUP
+    end = epoch(fs.split["end"])
+    ltv = fs.ltv_frame("score")
+    features = pd.DataFrame(np.nan, index=np.arange(len(fs.users)), columns=LTV_FEATURES)
+    features.loc[ltv["user_pos"].to_numpy(), LTV_FEATURES] = ltv[LTV_FEATURES].fillna(0.0).to_numpy(dtype=float)
+    for start in range(0, len(fs.users), group):
+        users = [u for u in range(start, min(start + group, len(fs.users))) if fs.cut(u, end) > 0]
+        cuts = [fs.cut(u, end) for u in users]
+        yield scorer.score(fs.users[users], [fs.items[u][:n] for u, n in zip(users, cuts)],
+                           [fs.types[u][:n] for u, n in zip(users, cuts)], features.iloc[users].reset_index(drop=True))
+
+
+def score_recommendations(fs: FeatureSet, loaded: LoadedModel, top_n: int, rank_by: str = "relevance",
+                          chunk: int | None = None) -> pa.Table:
+    """All recommendation rows as one table (small runs and tests; the score stage streams)."""
+    return pa.Table.from_batches([r for r, _ in stream_scores(fs, loaded, top_n, rank_by, chunk)], RECS_SCHEMA)
+
+
+def score_ltv(fs: FeatureSet, loaded: LoadedModel, chunk: int | None = None) -> pa.Table:
     """One row per customer (at least one purchase before the end of the as-of day)."""
-    frame, p, ev = predict_ltv(fs, loaded, "score")
-    return pa.table(
-        {
-            "user_id": pa.array(frame["user_id"].astype(str).to_numpy() if len(frame) else [], pa.string()),
-            "p_active": pa.array(p, pa.float64()),
-            "expected_value": pa.array(ev, pa.float64()),
-        }
-    )
+    return pa.Table.from_batches([l for _, l in stream_scores(fs, loaded, 1, "relevance", chunk)], LTV_SCHEMA)

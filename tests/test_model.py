@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -168,3 +169,31 @@ def test_ltv_sigma_is_bounded_when_configured():
         assert ((sigma > 0.05) & (sigma <= 2.0)).all()
         _, _, sigma_free = free.ltv_params(h, feats)
         assert (sigma_free > 40).all()  # the old, unbounded head (checkpoints without the bound load this way)
+
+
+def test_dropping_leading_padding_columns_changes_nothing():
+    """Scoring pads a chunk only to its longest history: the last hidden state must equal full-width padding's."""
+    from models.data import pad_left
+
+    torch.manual_seed(0)
+    model = SeqRecModel(ModelConfig(n_items=30, n_ltv_features=3, max_len=12, d_model=16, dropout=0.0)).eval()
+    seqs = [np.array([3, 4, 5]), np.array([7]), np.array([1, 2, 3, 4, 9])]
+    types = [np.ones(len(s), dtype=np.int64) for s in seqs]
+    with torch.no_grad():
+        full = model.encode(torch.as_tensor(pad_left(seqs, 12)), torch.as_tensor(pad_left(types, 12)))
+        short = model.encode(torch.as_tensor(pad_left(seqs, 5)), torch.as_tensor(pad_left(types, 5)))
+    torch.testing.assert_close(short, full[:, -5:], rtol=1e-5, atol=1e-5)
+
+
+def test_last_only_gives_the_last_position_of_the_full_pass():
+    from models.data import pad_left
+
+    torch.manual_seed(1)
+    model = SeqRecModel(ModelConfig(n_items=30, n_ltv_features=3, max_len=10, d_model=16, n_layers=3, dropout=0.0)).eval()
+    seqs = [np.array([3, 4, 5]), np.array([7]), np.arange(1, 11)]
+    x = torch.as_tensor(pad_left(seqs, 10))
+    t = torch.ones_like(x) * (x > 0)
+    with torch.no_grad():
+        full, last = model.encode(x, t), model.encode(x, t, last_only=True)
+    assert last.shape == (3, 1, 16)
+    torch.testing.assert_close(last[:, -1], full[:, -1], rtol=1e-5, atol=1e-5)

@@ -46,6 +46,10 @@ class Pausing:
         self._maybe_pause("commit")
         return self._inner.commit()
 
+    def copy(self, sql, *args, **kwargs):  # PostgreSQL's bulk load
+        self._maybe_pause(str(sql))
+        return self._inner.copy(sql, *args, **kwargs)
+
     def cursor(self, *args, **kwargs):
         return Pausing(self._inner.cursor(*args, **kwargs))
 
@@ -91,8 +95,15 @@ def state(wh):
 OLD = (6, "old", 2, "old")
 
 
-@pytest.mark.parametrize("pause_at", [r'insert into "serving"', r"insert into ops", r"commit"])
-def test_a_publisher_killed_mid_transaction_changes_nothing_and_the_next_run_succeeds(url, tmp_path, pause_at):
+KILL_POINTS = {  # statements the publisher is killed just before (DuckDB and PostgreSQL publish differently)
+    "duckdb": [r"create or replace temp table", r'insert into "serving"', r"insert into ops", r"commit"],
+    "postgres": [r"copy", r'alter table "serving"."\w+" attach', r"insert into ops", r"commit"],
+}
+
+
+@pytest.mark.parametrize("kind, pause_at", [(k, p) for k, points in KILL_POINTS.items() for p in points])
+def test_a_publisher_killed_mid_transaction_changes_nothing_and_the_next_run_succeeds(kind, pause_at, tmp_path, request):
+    url = f"duckdb:///{tmp_path / 'wh.duckdb'}" if kind == "duckdb" else request.getfixturevalue("pg_database")
     wh = warehouse.connect(url)
     wh.publish("2026-01-01", {"recommendations": recs("2026-01-01", version="old"), "ltv_estimates": ltv("2026-01-01", version="old")})
     assert state(wh) == OLD

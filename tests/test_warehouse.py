@@ -124,3 +124,16 @@ def test_postgres_dbt_target_reads_socket_uris():
     target, env = wh.dbt_target()
     assert target == "postgres"
     assert env["LTVREC_PG_HOST"] == "/tmp/sock" and env["LTVREC_PG_PORT"] == "5433" and env["LTVREC_PG_DBNAME"] == "ltv"
+
+
+def test_a_failing_copy_stops_the_encoder_and_raises(pg_database):
+    """The CSV encoder thread must not hang when the server rejects the COPY early."""
+    import threading
+
+    wh = warehouse.connect(pg_database)
+    big = recs("2026-01-01", users=tuple(f"u{i}" for i in range(100_000)))
+    bad = big.set_column(1, "user_id", pa.array([None] * big.num_rows, pa.string()))  # NOT NULL violation
+    before = threading.active_count()
+    with pytest.raises(Exception, match="null value"):
+        wh.publish("2026-01-01", {"recommendations": pa.RecordBatchReader.from_batches(bad.schema, bad.to_batches(1000))})
+    assert threading.active_count() == before

@@ -1,0 +1,107 @@
+"""Batch scoring inside Spark: the scale-out path of the `score` stage, for when users outgrow one machine.
+
+    spark-submit --master local[2] jobs/score.py --features DIR --checkpoint final.pt --out DIR \
+        [--top-n 10] [--rank-by relevance|expected_value] [--users-per-batch 2048]
+
+The checkpoint is broadcast once; each Python worker builds one `models.score.Scorer` from it and scores its
+user partitions with `mapInArrow`, the same function the local path runs. The project's packages must be
+importable by the workers (installed in their environment, or shipped with `--py-files`).
+Writes DIR/recommendations and DIR/ltv_estimates (Parquet folders with the local path's columns).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import pyarrow as pa
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from models.data import LTV_FEATURES
+
+OUT_SCHEMA = pa.schema([("kind", pa.string()), ("user_id", pa.string()), ("rank", pa.int32()), ("item_id", pa.string()),
+                        ("score", pa.float64()), ("p_active", pa.float64()), ("expected_value", pa.float64())])
+_SCORERS: dict = {}  # one Scorer per Python worker process
+
+
+def _scorer(checkpoint: bytes, item_ids: list[str], top_n: int, rank_by: str):
+    key = (id(checkpoint), top_n, rank_by)
+    if key not in _SCORERS:
+        import io
+
+        import torch
+
+        from models.checkpoint import LoadedModel
+        from models.score import Scorer
+
+        torch.set_num_threads(1)  # Spark runs one task per core
+        loaded = LoadedModel(torch.load(io.BytesIO(checkpoint), map_location="cpu", weights_only=False))
+        _SCORERS[key] = Scorer(loaded, item_ids, top_n, rank_by, torch.device("cpu"))
+    return _SCORERS[key]
+
+
+def score_partitions(checkpoint, item_ids, top_n: int, rank_by: str):
+    """mapInArrow function: batches of (user_id, items, types, LTV features...) -> recommendation and LTV rows."""
+
+    def run(batches):
+        import numpy as np
+
+        scorer = _scorer(checkpoint.value, item_ids.value, top_n, rank_by)
+        for batch in batches:
+            if batch.num_rows == 0:
+                continue
+            users = batch.column("user_id").to_numpy(zero_copy_only=False)
+            items = [np.asarray(x, dtype=np.int64) for x in batch.column("items").to_pylist()]
+            types = [np.asarray(x, dtype=np.int64) for x in batch.column("types").to_pylist()]
+            features = pa.Table.from_batches([batch.select(LTV_FEATURES)]).to_pandas()
+            recs, ltv = scorer.score(users, items, types, features)
+            n, m = recs.num_rows, ltv.num_rows
+            yield pa.RecordBatch.from_arrays([
+                pa.array(["rec"] * n, pa.string()), recs.column("user_id"), recs.column("rank"), recs.column("item_id"),
+                recs.column("score"), pa.nulls(n, pa.float64()), pa.nulls(n, pa.float64())], schema=OUT_SCHEMA)
+            yield pa.RecordBatch.from_arrays([
+                pa.array(["ltv"] * m, pa.string()), ltv.column("user_id"), pa.nulls(m, pa.int32()), pa.nulls(m, pa.string()),
+                pa.nulls(m, pa.float64()), ltv.column("p_active"), ltv.column("expected_value")], schema=OUT_SCHEMA)
+
+    return run
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="ltvrec batch scoring in Spark")
+    ap.add_argument("--features", required=True, help="the features job's output folder")
+    ap.add_argument("--checkpoint", required=True, help="model checkpoint (final.pt)")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--top-n", type=int, default=10)
+    ap.add_argument("--rank-by", default="relevance", choices=["relevance", "expected_value"])
+    ap.add_argument("--users-per-batch", type=int, default=2048)
+    args = ap.parse_args(argv)
+
+    spark = (SparkSession.builder.appName("ltvrec-score")
+             .config("spark.sql.execution.arrow.maxRecordsPerBatch", str(args.users_per_batch)).getOrCreate())
+    spark.sparkContext.setLogLevel("WARN")
+    with open(args.checkpoint, "rb") as fh:
+        checkpoint = spark.sparkContext.broadcast(fh.read())
+    items = spark.read.parquet(f"{args.features}/items").select("item_idx", "item_id").orderBy("item_idx").collect()
+    if [r.item_idx for r in items] != list(range(1, len(items) + 1)):
+        raise SystemExit(f"{args.features}/items: item_idx must be 1..n without gaps")
+    item_ids = spark.sparkContext.broadcast([r.item_id for r in items])
+
+    sequences = spark.read.parquet(f"{args.features}/sequences").select("user_id", "items", "types")
+    ltv = (spark.read.parquet(f"{args.features}/ltv_features").where(F.col("cutoff") == "score")
+           .select("user_id", *[F.coalesce(F.col(c).cast("double"), F.lit(0.0)).alias(c) for c in LTV_FEATURES]))
+    users = sequences.join(ltv, "user_id", "left")  # LTV features are NULL for users who are not customers
+    partitions = max(spark.sparkContext.defaultParallelism, 1)
+    scored = users.repartition(partitions, "user_id").mapInArrow(
+        score_partitions(checkpoint, item_ids, args.top_n, args.rank_by),
+        "kind string, user_id string, rank int, item_id string, score double, p_active double, expected_value double")
+    scored.write.mode("overwrite").partitionBy("kind").parquet(f"{args.out}/_scored")
+    done = spark.read.parquet(f"{args.out}/_scored")
+    done.where("kind = 'rec'").select("user_id", "rank", "item_id", "score").write.mode("overwrite").parquet(
+        f"{args.out}/recommendations")
+    done.where("kind = 'ltv'").select("user_id", "p_active", "expected_value").write.mode("overwrite").parquet(
+        f"{args.out}/ltv_estimates")
+    spark.stop()
+
+
+if __name__ == "__main__":
+    main()
