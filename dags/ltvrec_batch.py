@@ -77,6 +77,8 @@ default_args = {
         "warm_start": Param(False, type="boolean", description="fine-tune the current @champion on the new data"),
         "score_engine": Param("local", enum=["local", "spark"],
                               description="spark: score user partitions on the Spark cluster (jobs/score.py)"),
+        "max_per_category": Param(None, type=["null", "integer"], minimum=1,
+                                  description="diversity: at most this many items of one category per user's list"),
         "score_chunk_users": Param(None, type=["null", "integer"], minimum=1,
                                    description="users scored per chunk; default: chosen from the memory available"),
         "item_text": Param(True, type="boolean", description="embed item titles with the pretrained sentence model"),

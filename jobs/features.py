@@ -33,11 +33,12 @@ DAY = 86400.0
 def build_items(events: DataFrame, items: DataFrame) -> DataFrame:
     stats = events.groupBy("item_id").agg(F.count("*").alias("n_events"), F.countDistinct("user_id").alias("n_users"))
     return (
-        items.select("item_id", "title", "category", "price")
+        (items if "in_stock" in items.columns else items.withColumn("in_stock", F.lit(True)))  # older marts
+        .select("item_id", "title", "category", "price", "in_stock")
         .join(stats, "item_id", "left")
-        .fillna({"n_events": 0, "n_users": 0})
+        .fillna({"n_events": 0, "n_users": 0, "in_stock": True})
         .withColumn("item_idx", F.row_number().over(Window.orderBy("item_id")))
-        .select("item_idx", "item_id", "title", "category", "price", "n_events", "n_users")
+        .select("item_idx", "item_id", "title", "category", "price", "in_stock", "n_events", "n_users")
     )
 
 

@@ -1,7 +1,7 @@
 """Batch scoring inside Spark: the scale-out path of the `score` stage, for when users outgrow one machine.
 
     spark-submit --master local[2] jobs/score.py --features DIR --checkpoint final.pt --out DIR \
-        [--top-n 10] [--rank-by relevance|expected_value] [--users-per-batch 2048]
+        [--top-n 10] [--rank-by relevance|expected_value] [--users-per-batch 2048] [--max-per-category C]
 
 The checkpoint is broadcast once; each Python worker builds one `models.score.Scorer` from it and scores its
 user partitions with `mapInArrow`, the same function the local path runs. The project's packages must be
@@ -24,8 +24,8 @@ OUT_SCHEMA = pa.schema([("kind", pa.string()), ("user_id", pa.string()), ("rank"
 _SCORERS: dict = {}  # one Scorer per Python worker process
 
 
-def _scorer(checkpoint: bytes, item_ids: list[str], top_n: int, rank_by: str):
-    key = (id(checkpoint), top_n, rank_by)
+def _scorer(checkpoint: bytes, catalogue: dict, top_n: int, rank_by: str, max_per_category: int | None):
+    key = (id(checkpoint), top_n, rank_by, max_per_category)
     if key not in _SCORERS:
         import io
 
@@ -36,17 +36,19 @@ def _scorer(checkpoint: bytes, item_ids: list[str], top_n: int, rank_by: str):
 
         torch.set_num_threads(1)  # Spark runs one task per core
         loaded = LoadedModel(torch.load(io.BytesIO(checkpoint), map_location="cpu", weights_only=False))
-        _SCORERS[key] = Scorer(loaded, item_ids, top_n, rank_by, torch.device("cpu"))
+        _SCORERS[key] = Scorer(loaded, catalogue["item_ids"], top_n, rank_by, torch.device("cpu"),
+                               recommendable_ids=catalogue["recommendable"], item_categories=catalogue["categories"],
+                               max_per_category=max_per_category)
     return _SCORERS[key]
 
 
-def score_partitions(checkpoint, item_ids, top_n: int, rank_by: str):
+def score_partitions(checkpoint, catalogue, top_n: int, rank_by: str, max_per_category: int | None = None):
     """mapInArrow function: batches of (user_id, items, types, LTV features...) -> recommendation and LTV rows."""
 
     def run(batches):
         import numpy as np
 
-        scorer = _scorer(checkpoint.value, item_ids.value, top_n, rank_by)
+        scorer = _scorer(checkpoint.value, catalogue.value, top_n, rank_by, max_per_category)
         for batch in batches:
             if batch.num_rows == 0:
                 continue
@@ -74,6 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--top-n", type=int, default=10)
     ap.add_argument("--rank-by", default="relevance", choices=["relevance", "expected_value"])
     ap.add_argument("--users-per-batch", type=int, default=2048)
+    ap.add_argument("--max-per-category", type=int, default=None)
     args = ap.parse_args(argv)
 
     spark = (SparkSession.builder.appName("ltvrec-score")
@@ -81,10 +84,15 @@ def main(argv: list[str] | None = None) -> None:
     spark.sparkContext.setLogLevel("WARN")
     with open(args.checkpoint, "rb") as fh:
         checkpoint = spark.sparkContext.broadcast(fh.read())
-    items = spark.read.parquet(f"{args.features}/items").select("item_idx", "item_id").orderBy("item_idx").collect()
+    items = spark.read.parquet(f"{args.features}/items")
+    if "in_stock" not in items.columns:
+        items = items.withColumn("in_stock", F.lit(True))
+    items = items.select("item_idx", "item_id", "category", "in_stock").orderBy("item_idx").collect()
     if [r.item_idx for r in items] != list(range(1, len(items) + 1)):
         raise SystemExit(f"{args.features}/items: item_idx must be 1..n without gaps")
-    item_ids = spark.sparkContext.broadcast([r.item_id for r in items])
+    catalogue = spark.sparkContext.broadcast({
+        "item_ids": [r.item_id for r in items], "categories": [r.category for r in items],
+        "recommendable": [r.item_id for r in items if r.in_stock is not False]})
 
     sequences = spark.read.parquet(f"{args.features}/sequences").select("user_id", "items", "types")
     ltv = (spark.read.parquet(f"{args.features}/ltv_features").where(F.col("cutoff") == "score")
@@ -92,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     users = sequences.join(ltv, "user_id", "left")  # LTV features are NULL for users who are not customers
     partitions = max(spark.sparkContext.defaultParallelism, 1)
     scored = users.repartition(partitions, "user_id").mapInArrow(
-        score_partitions(checkpoint, item_ids, args.top_n, args.rank_by),
+        score_partitions(checkpoint, catalogue, args.top_n, args.rank_by, args.max_per_category),
         "kind string, user_id string, rank int, item_id string, score double, p_active double, expected_value double")
     scored.write.mode("overwrite").partitionBy("kind").parquet(f"{args.out}/_scored")
     done = spark.read.parquet(f"{args.out}/_scored")

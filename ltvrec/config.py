@@ -125,6 +125,7 @@ class RunConfig:
     # or spark (jobs/score.py on spark_master, for more users than one machine holds)
     score_chunk_users: int | None = None
     score_engine: str = "local"
+    max_per_category: int | None = None  # diversity: at most this many items of one category in a user's list
     # registry
     model_name: str | None = None  # registered model; default "ltvrec-<source>", one champion per data source
     experiment: str = "ltvrec"
@@ -149,6 +150,8 @@ class RunConfig:
             raise ValueError(f"config key 'rank_by': {self.rank_by!r} is not relevance or expected_value")
         if self.score_engine not in ("local", "spark"):
             raise ValueError(f"config key 'score_engine': {self.score_engine!r} is not local or spark")
+        if self.max_per_category is not None and self.max_per_category < 1:
+            raise ValueError(f"config key 'max_per_category' must be >= 1, got {self.max_per_category}")
         if self.score_chunk_users is not None and self.score_chunk_users < 1:
             raise ValueError(f"config key 'score_chunk_users' must be >= 1, got {self.score_chunk_users}")
         if self.loss not in ("auto", "full", "sampled"):

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 log = logging.getLogger("ltvrec")
 
 EVENT_COLUMNS = ["user_id", "item_id", "event_type", "event_ts", "quantity", "unit_price"]
-ITEM_COLUMNS = ["item_id", "title", "category", "price"]
+ITEM_COLUMNS = ["item_id", "title", "category", "price", "in_stock"]
 RAW_EVENTS_SCHEMA = pa.schema(
     [
         ("user_id", pa.string()),
@@ -37,8 +37,10 @@ RAW_EVENTS_SCHEMA = pa.schema(
     ]
 )
 RAW_ITEMS_SCHEMA = pa.schema(
-    [("item_id", pa.string()), ("title", pa.string()), ("category", pa.string()), ("price", pa.float64())]
+    [("item_id", pa.string()), ("title", pa.string()), ("category", pa.string()), ("price", pa.float64()),
+     ("in_stock", pa.bool_())]
 )
+TRUE_WORDS, FALSE_WORDS = {"true", "t", "yes", "y", "1"}, {"false", "f", "no", "n", "0"}
 
 
 class InputError(ValueError):
@@ -239,9 +241,25 @@ def _to_raw_items(df: pd.DataFrame, path: Path) -> pa.Table:
             "title": df["title"].astype("string") if "title" in df else None,
             "category": df["category"].astype("string") if "category" in df else None,
             "price": _numbers(df["price"], "price", path) if "price" in df else float("nan"),
+            "in_stock": _booleans(df["in_stock"], "in_stock", path) if "in_stock" in df else None,
         }
     )
     return pa.Table.from_pandas(out, schema=RAW_ITEMS_SCHEMA, preserve_index=False)
+
+
+def _booleans(series: pd.Series, column: str, path: Path) -> pd.Series:
+    """true/false, yes/no, 1/0, t/f, y/n (any case); empty is unknown (NULL)."""
+    if pd.api.types.is_bool_dtype(series):
+        return series.astype("boolean")
+    text = series.astype("string").str.strip().str.lower()
+    out = pd.Series(pd.NA, index=series.index, dtype="boolean")
+    out[text.isin(TRUE_WORDS).fillna(False).to_numpy(dtype=bool)] = True
+    out[text.isin(FALSE_WORDS).fillna(False).to_numpy(dtype=bool)] = False
+    bad = out.isna() & text.notna() & (text != "")
+    if bad.any():
+        row = int(bad.to_numpy().nonzero()[0][0])
+        raise InputError(f"{path}: column {column!r} row {row + 1}: {series.iloc[row]!r} is not true/false (yes/no, 1/0)")
+    return out
 
 
 def load_events(path: Path, items_path: Path | None = None) -> tuple[pa.Table, pa.Table]:

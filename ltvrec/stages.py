@@ -458,13 +458,16 @@ def score(run_dir: Path) -> dict:
             spark_out = out / "spark"
             args = ["--features", str(run_dir / "features"), "--checkpoint", str(checkpoint), "--out", str(spark_out),
                     "--top-n", str(cfg.top_n), "--rank-by", cfg.rank_by]
+            if cfg.max_per_category is not None:
+                args += ["--max-per-category", str(cfg.max_per_category)]
             _spark_submit(cfg, "score.py", args)
             for t in columns:
                 for batch in pads.dataset(spark_out / t, format="parquet").to_batches(columns=base[t].names, batch_size=100_000):
                     writers[t].write_batch(with_meta(t, batch.cast(base[t])))
         else:
             fs = FeatureSet.load(run_dir / "features")
-            for recs, ltv in stream_scores(fs, LoadedModel.from_file(checkpoint), cfg.top_n, cfg.rank_by, cfg.score_chunk_users):
+            for recs, ltv in stream_scores(fs, LoadedModel.from_file(checkpoint), cfg.top_n, cfg.rank_by,
+                                           cfg.score_chunk_users, max_per_category=cfg.max_per_category):
                 writers["recommendations"].write_batch(with_meta("recommendations", recs))
                 writers["ltv_estimates"].write_batch(with_meta("ltv_estimates", ltv))
     finally:
@@ -487,9 +490,10 @@ def gate_scores(run_dir: Path) -> dict:
     recs = pq.read_table(run_dir / "scores" / "recommendations.parquet").to_pandas()
     ltv = pq.read_table(run_dir / "scores" / "ltv_estimates.parquet").to_pandas()
     seq = pq.ParquetDataset(run_dir / "features" / "sequences").read(columns=["user_id", "items"]).to_pandas()
-    items = pq.ParquetDataset(run_dir / "features" / "items").read(columns=["item_idx", "item_id"]).to_pandas()
+    items = pq.ParquetDataset(run_dir / "features" / "items").read().to_pandas()
     seen = seq.explode("items").merge(items, left_on="items", right_on="item_idx")[["user_id", "item_id"]]
-    frames, params = scores_frames(recs, ltv, seen, items["item_id"], seq["user_id"], cfg.top_n)
+    in_stock = items["in_stock"].fillna(True).astype(bool) if "in_stock" in items else pd.Series(True, index=items.index)
+    frames, params = scores_frames(recs, ltv, seen, items.loc[in_stock, "item_id"], seq["user_id"], cfg.top_n)
     return _gate(run_dir, "scores", frames, params)
 
 

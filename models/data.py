@@ -37,6 +37,9 @@ class FeatureSet:
     ts: list[np.ndarray]
     ltv: pd.DataFrame
     split: dict
+    # like item_ids: catalogue category (None when unknown) and availability (out-of-stock items are not recommended)
+    item_category: np.ndarray | None = None
+    item_in_stock: np.ndarray | None = None
 
     @property
     def n_items(self) -> int:
@@ -59,7 +62,14 @@ class FeatureSet:
             ts=[np.asarray(x, dtype=np.int64) for x in seq["ts"]],
             ltv=pq.read_table(features_dir / "ltv_features").to_pandas(),
             split=json.loads((features_dir / "split.json").read_text()),
+            item_category=items["category"].to_numpy(dtype=object) if "category" in items else None,
+            item_in_stock=items["in_stock"].fillna(True).to_numpy(dtype=bool) if "in_stock" in items else None,
         )
+
+    @property
+    def recommendable_ids(self) -> np.ndarray:
+        """Item ids that may be recommended: the catalogue's items that are not out of stock."""
+        return self.item_ids if self.item_in_stock is None else self.item_ids[self.item_in_stock]
 
     def cut(self, u: int, before: int) -> int:
         """Number of user u's events strictly before epoch second `before`."""

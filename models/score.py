@@ -55,11 +55,33 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def cap_per_category(idx: np.ndarray, scores: np.ndarray, categories: np.ndarray, cap: int, n: int):
+    """Per row, the first `n` candidates (in score order) such that no category occurs more than `cap` times.
+    When a row's candidates run out, the best skipped ones fill it, so a row is as long as it would be without the
+    cap. `categories`: integer code by item index, -1 = no category (never capped). Returns (idx, scores)."""
+    rows, k = idx.shape
+    cats = categories[idx]
+    occurrence = pd.DataFrame({"row": np.repeat(np.arange(rows), k), "cat": cats.ravel()}).groupby(
+        ["row", "cat"]).cumcount().to_numpy().reshape(rows, k)
+    over = (occurrence >= cap) & (cats >= 0)
+    tier = np.where(np.isfinite(scores), over.astype(np.int64), 2)  # kept, then over the cap, then nothing left
+    order = np.argsort(tier * k + np.arange(k), axis=1, kind="stable")[:, :n]
+    return np.take_along_axis(idx, order, axis=1), np.take_along_axis(scores, order, axis=1)
+
+
 class Scorer:
-    """A loaded model ready to score users given in this run's item indices (the features' `item_idx`)."""
+    """A loaded model ready to score users given in this run's item indices (the features' `item_idx`).
+
+    Candidates: items of this run's catalogue (`recommendable_ids`, default all of `run_item_ids`: pass the
+    in-stock ones) that the user has not seen. `max_per_category` (with `item_categories`, by run item) caps the
+    items of one category in a user's list, from a candidate pool of 5 x top_n.
+    """
+
+    CANDIDATES_PER_SLOT = 5
 
     def __init__(self, loaded: LoadedModel, run_item_ids, top_n: int, rank_by: str = "relevance",
-                 device: torch.device | None = None, chunk: int | None = None):
+                 device: torch.device | None = None, chunk: int | None = None, recommendable_ids=None,
+                 item_categories=None, max_per_category: int | None = None):
         self.device = device or default_device()
         cfg = loaded.model.cfg
         self.chunk = chunk or auto_chunk_size(cfg.n_items, cfg.max_len, cfg.d_model)  # users per matrix product
@@ -71,8 +93,17 @@ class Scorer:
         model_index = {item: i + 1 for i, item in enumerate(loaded.item_ids)}
         run_item_ids = np.asarray(run_item_ids, dtype=object)
         self.remap = np.array([0] + [model_index.get(i, 0) for i in run_item_ids], dtype=np.int64)  # run idx -> model
-        self.allowed = np.isin(self.item_ids, run_item_ids)  # only items of this run's catalogue are recommended
+        recommendable = run_item_ids if recommendable_ids is None else np.asarray(recommendable_ids, dtype=object)
+        self.allowed = np.isin(self.item_ids, recommendable)  # only items of this run's catalogue are recommended
         self.top_n = top_n
+        self.max_per_category, self.categories = max_per_category, None
+        if max_per_category is not None:
+            if item_categories is None:
+                raise ValueError("max_per_category needs the items' categories")
+            by_id = dict(zip(run_item_ids, item_categories))
+            names = [by_id.get(i) for i in self.item_ids]
+            codes = {c: j for j, c in enumerate(sorted({c for c in names if c not in (None, "", "unknown")}))}
+            self.categories = np.array([codes.get(c, -1) for c in names], dtype=np.int64)
         self.value = None
         if rank_by == "expected_value":
             if not (loaded.item_price > 0).any():
@@ -96,8 +127,11 @@ class Scorer:
         `ltv_features`: raw LTV features aligned with the users, NaN rows for users who are not customers (no
         LTV row for them); None: no LTV rows at all. Ranks stop early only where a user has nothing left."""
         its, tys = self.to_model(items, types)
-        topk, scores, user_vecs = model_topk(self.model, its, tys, k=self.top_n, item_value=self.value,
+        k = self.top_n * (self.CANDIDATES_PER_SLOT if self.max_per_category is not None else 1)
+        topk, scores, user_vecs = model_topk(self.model, its, tys, k=k, item_value=self.value,
                                              allowed=self.allowed, chunk=self.chunk)
+        if self.max_per_category is not None:
+            topk, scores = cap_per_category(topk, scores, self.categories, self.max_per_category, self.top_n)
         keep = np.isfinite(scores)  # -inf: nothing unseen left to recommend at that rank
         n_rank = topk.shape[1]
         users = np.asarray(user_ids, dtype=object)
@@ -122,11 +156,12 @@ class Scorer:
 
 
 def stream_scores(fs: FeatureSet, loaded: LoadedModel, top_n: int, rank_by: str = "relevance",
-                  chunk: int | None = None, device: torch.device | None = None
+                  chunk: int | None = None, device: torch.device | None = None, max_per_category: int | None = None
                   ) -> Iterator[tuple[pa.RecordBatch, pa.RecordBatch]]:
     """Every user with events before the end of the as-of day: `chunk` users per matrix product (default: auto),
     GROUP chunks per yielded batch (sorted by history length inside, so that short histories are padded little)."""
-    scorer = Scorer(loaded, fs.item_ids, top_n, rank_by, device, chunk)
+    scorer = Scorer(loaded, fs.item_ids, top_n, rank_by, device, chunk, recommendable_ids=fs.recommendable_ids,
+                    item_categories=fs.item_category, max_per_category=max_per_category)
     group = scorer.chunk * GROUP
     end = epoch(fs.split["end"])
     ltv = fs.ltv_frame("score")
@@ -140,9 +175,10 @@ def stream_scores(fs: FeatureSet, loaded: LoadedModel, top_n: int, rank_by: str 
 
 
 def score_recommendations(fs: FeatureSet, loaded: LoadedModel, top_n: int, rank_by: str = "relevance",
-                          chunk: int | None = None) -> pa.Table:
+                          chunk: int | None = None, max_per_category: int | None = None) -> pa.Table:
     """All recommendation rows as one table (small runs and tests; the score stage streams)."""
-    return pa.Table.from_batches([r for r, _ in stream_scores(fs, loaded, top_n, rank_by, chunk)], RECS_SCHEMA)
+    batches = stream_scores(fs, loaded, top_n, rank_by, chunk, max_per_category=max_per_category)
+    return pa.Table.from_batches([r for r, _ in batches], RECS_SCHEMA)
 
 
 def score_ltv(fs: FeatureSet, loaded: LoadedModel, chunk: int | None = None) -> pa.Table:

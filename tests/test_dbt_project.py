@@ -28,7 +28,7 @@ DBT_VARS = {"as_of": AS_OF, "min_event_ts": "1990-01-01", "max_quantity": 10000,
 RAW_DDL = {
     "events": """(user_id varchar, item_id varchar, event_type varchar, event_ts timestamp,
         quantity double precision, unit_price double precision, source_file varchar, source_row bigint)""",
-    "items": "(item_id varchar, title varchar, category varchar, price double precision)",
+    "items": "(item_id varchar, title varchar, category varchar, price double precision, in_stock boolean)",
 }
 
 
@@ -73,24 +73,24 @@ EVENTS = [
 ]
 
 ITEMS = [
-    ("i1", "Item One", "cat_a", 10.0),
-    ("i1", None, "cat_dup", 99.0),  # duplicate id without a title: dropped
-    ("i2", "Item Two", None, 0.0),  # price from the median purchase price (4, 8, 30) -> 8
-    ("i3", None, "cat_b", None),  # no purchases -> price 0, title falls back to the id
-    (" i4 ", "", "", -1.0),  # never seen in events
-    (None, "orphan", "x", 1.0),  # no id: dropped
-    ("", "empty id", "x", 1.0),  # no id: dropped
+    ("i1", "Item One", "cat_a", 10.0, None),
+    ("i1", None, "cat_dup", 99.0, False),  # duplicate id without a title: dropped
+    ("i2", "Item Two", None, 0.0, True),  # price from the median purchase price (4, 8, 30) -> 8
+    ("i3", None, "cat_b", None, False),  # no purchases -> price 0, title falls back to the id; out of stock
+    (" i4 ", "", "", -1.0, None),  # never seen in events
+    (None, "orphan", "x", 1.0, None),  # no id: dropped
+    ("", "empty id", "x", 1.0, None),  # no id: dropped
 ]
 
 EXPECTED_VALID = {row[0] for row in EVENTS if row[7] is None}
 EXPECTED_REJECTED = {row[0]: row[7] for row in EVENTS if row[7] is not None}
 
 EXPECTED_DIM_ITEMS = {
-    # item_id: (title, category, price, n_events, n_users, first_seen_ts, last_seen_ts)
-    "i1": ("Item One", "cat_a", 10.0, 5, 2, ts("2024-01-02 10:00:00"), ts("2024-01-10 23:59:59")),
-    "i2": ("Item Two", "unknown", 8.0, 4, 3, ts("2024-01-04 09:00:00"), ts("2024-01-05 11:00:00")),
-    "i3": ("i3", "cat_b", 0.0, 1, 1, ts("2024-01-06 12:00:00"), ts("2024-01-06 12:00:00")),
-    "i4": ("i4", "unknown", 0.0, 0, 0, None, None),
+    # item_id: (title, category, price, in_stock, n_events, n_users, first_seen_ts, last_seen_ts)
+    "i1": ("Item One", "cat_a", 10.0, True, 5, 2, ts("2024-01-02 10:00:00"), ts("2024-01-10 23:59:59")),
+    "i2": ("Item Two", "unknown", 8.0, True, 4, 3, ts("2024-01-04 09:00:00"), ts("2024-01-05 11:00:00")),
+    "i3": ("i3", "cat_b", 0.0, False, 1, 1, ts("2024-01-06 12:00:00"), ts("2024-01-06 12:00:00")),
+    "i4": ("i4", "unknown", 0.0, True, 0, 0, None, None),
 }
 
 
@@ -124,7 +124,7 @@ COLLECT = {
     "from marts.fct_events",
     "quarantine": "select source_row, reject_reason, user_id, item_id, event_type from marts.events_quarantine",
     "summary": "select reject_reason, n_rows from marts.quarantine_summary",
-    "dim_items": "select item_id, title, category, price, n_events, n_users, first_seen_ts, last_seen_ts "
+    "dim_items": "select item_id, title, category, price, in_stock, n_events, n_users, first_seen_ts, last_seen_ts "
     "from marts.dim_items",
     "schemas": "select distinct table_schema, table_name from information_schema.tables "
     "where table_schema in ('staging', 'intermediate', 'marts')",
@@ -161,7 +161,7 @@ def load_raw_duckdb(con) -> None:
     for table, ddl in RAW_DDL.items():
         con.execute(f"create or replace table raw.{table} {ddl}")
     con.executemany("insert into raw.events values (?, ?, ?, ?, ?, ?, ?, ?)", raw_event_rows())
-    con.executemany("insert into raw.items values (?, ?, ?, ?)", ITEMS)
+    con.executemany("insert into raw.items values (?, ?, ?, ?, ?)", ITEMS)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -196,7 +196,7 @@ def postgres_results(tmp: Path, server_dsn: str) -> dict:
             for table, ddl in RAW_DDL.items():
                 cur.execute(f"create table raw.{table} {ddl}")
             cur.executemany("insert into raw.events values (%s, %s, %s, %s, %s, %s, %s, %s)", raw_event_rows())
-            cur.executemany("insert into raw.items values (%s, %s, %s, %s)", ITEMS)
+            cur.executemany("insert into raw.items values (%s, %s, %s, %s, %s)", ITEMS)
         result = build("postgres", tmp, pg_env(dsn))
         with psycopg.connect(dsn) as con, con.cursor() as cur:
             data = collect(cur)
@@ -284,10 +284,10 @@ def test_dim_items(built):
     rows = {r[0]: tuple(r[1:]) for r in built["dim_items"]}
     assert set(rows) == set(EXPECTED_DIM_ITEMS)
     for item_id, expected in EXPECTED_DIM_ITEMS.items():
-        title, category, price, n_events, n_users, first_seen, last_seen = rows[item_id]
+        title, category, price, in_stock, n_events, n_users, first_seen, last_seen = rows[item_id]
         assert (title, category) == expected[:2], item_id
         assert price == pytest.approx(expected[2]), item_id
-        assert (n_events, n_users, first_seen, last_seen) == expected[3:], item_id
+        assert (in_stock, n_events, n_users, first_seen, last_seen) == expected[3:], item_id
 
 
 # --------------------------------------------------------------------------------------------------

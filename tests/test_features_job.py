@@ -32,7 +32,7 @@ def features(tmp_path_factory) -> Path:
     ev["quantity"], ev["unit_price"] = 1.0, ev["amount"].abs()
     ev.to_parquet(tmp / "fct_events.parquet")
     pd.DataFrame({"item_id": ["i1", "i2", "i3", "i4"], "title": ["A", "B", "C", "D"], "category": ["x"] * 4,
-                  "price": [10.0, 7.0, 30.0, 1.0]}).to_parquet(tmp / "dim_items.parquet")
+                  "price": [10.0, 7.0, 30.0, 1.0], "in_stock": [True, True, False, True]}).to_parquet(tmp / "dim_items.parquet")
     cmd = [str(Path(sys.executable).parent / "spark-submit"), "--master", "local[1]", "--conf", "spark.ui.enabled=false",
            str(PROJECT_ROOT / "jobs" / "features.py"), "--events", str(tmp / "fct_events.parquet"),
            "--items", str(tmp / "dim_items.parquet"), "--out", str(tmp / "out"), "--as-of", "2024-04-09",
@@ -54,6 +54,7 @@ def test_items_get_dense_indices_including_cold_items(features):
     items = pq.read_table(features / "items").to_pandas().sort_values("item_idx")
     assert items["item_id"].tolist() == ["i1", "i2", "i3", "i4"] and items["item_idx"].tolist() == [1, 2, 3, 4]
     assert items.set_index("item_id").loc["i4", "n_events"] == 0
+    assert items["in_stock"].tolist() == [True, True, False, True]  # carried to scoring
 
 
 def test_sequences_are_time_ordered_and_collapsed(features):

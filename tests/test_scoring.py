@@ -28,7 +28,8 @@ def write_features(folder: Path, n_users=40, n_items=30, seed=0) -> Path:
     """A features folder in the Spark job's layout: items, sequences, ltv_features, split.json."""
     rng = np.random.default_rng(seed)
     items = pd.DataFrame({"item_idx": np.arange(1, n_items + 1, dtype=np.int32), "item_id": [f"i{j}" for j in range(n_items)],
-                          "price": rng.uniform(1, 20, n_items)})
+                          "category": [f"c{j % 4}" for j in range(n_items)], "price": rng.uniform(1, 20, n_items),
+                          "in_stock": [j != 5 for j in range(n_items)]})  # i5 is out of stock
     rows = []
     for u in range(n_users):
         n = int(rng.integers(1, 12))
@@ -92,10 +93,38 @@ def test_seen_and_unknown_items_never_appear_and_ranks_are_complete(case):
     seen = {(fs.users[u], fs.item_ids[i - 1]) for u in range(len(fs.users)) for i in fs.items[u]}
     assert not any((u, i) in seen for u, i in zip(recs["user_id"], recs["item_id"]))
     assert not recs["item_id"].isin(["gone1", "gone2"]).any()  # the model knows them, the catalogue does not
+    assert not recs["item_id"].isin(["i5"]).any()  # out of stock
     per_user = recs.groupby("user_id")["rank"].agg(["count", "min", "max"])
     assert "u000" not in per_user.index  # has every item already
     assert len(per_user) == len(fs.users) - 1 and (per_user["count"] == 5).all() and (per_user["max"] == 5).all()
     assert recs.groupby("user_id")["score"].apply(lambda s: s.is_monotonic_decreasing).all()
+
+
+def test_a_category_cap_diversifies_each_list_and_keeps_its_length(case):
+    _, fs, _, loaded = case
+    plain = score_recommendations(fs, loaded, 6, chunk=5).to_pandas()
+    capped = score_recommendations(fs, loaded, 6, chunk=5, max_per_category=2).to_pandas()
+    category = dict(zip(fs.item_ids, fs.item_category))
+    for recs in (plain, capped):
+        recs["category"] = recs["item_id"].map(category)
+    assert capped.groupby(["user_id", "category"]).size().max() <= 2  # 4 categories x 2 >= 6 slots
+    assert plain.groupby(["user_id", "category"]).size().max() > 2  # (the cap changed something)
+    assert capped.groupby("user_id").size().equals(plain.groupby("user_id").size())
+    first = capped.sort_values(["user_id", "rank"]).groupby("user_id").head(1).set_index("user_id")["item_id"]
+    assert first.equals(plain.sort_values(["user_id", "rank"]).groupby("user_id").head(1).set_index("user_id")["item_id"])
+
+
+def test_cap_per_category_by_hand():
+    from models.score import cap_per_category
+
+    idx = np.array([[1, 2, 3, 4, 5]])
+    scores = np.array([[5.0, 4.0, 3.0, 2.0, -np.inf]])
+    cats = np.array([-1, -1, 0, 0, 1, 1])  # by item index (0 = padding): item 1 has none, 2-3 are c0, 4-5 c1
+    got, got_scores = cap_per_category(idx, scores, cats, cap=1, n=3)
+    assert got.tolist() == [[1, 2, 4]]  # item 3 is a second of category 0: skipped; 5 has nothing left (-inf)
+    assert got_scores.tolist() == [[5.0, 4.0, 2.0]]
+    got, _ = cap_per_category(idx, scores, cats, cap=1, n=4)
+    assert got.tolist() == [[1, 2, 4, 3]]  # candidates ran out: the best skipped one fills the list
 
 
 def test_ltv_rows_come_from_the_same_pass_for_customers_only(case):
@@ -126,14 +155,15 @@ def test_the_automatic_chunk_is_bounded_by_the_budget():
 def test_the_spark_path_gives_the_local_top_n(case, tmp_path, rank_by):
     folder, fs, ckpt, loaded = case
     out = tmp_path / "spark"
+    cap = 2 if rank_by == "relevance" else None
     cmd = [str(Path(sys.executable).parent / "spark-submit"), "--master", "local[2]", "--conf", "spark.ui.enabled=false",
            str(ROOT / "jobs" / "score.py"), "--features", str(folder), "--checkpoint", str(ckpt), "--out", str(out),
-           "--top-n", "5", "--rank-by", rank_by, "--users-per-batch", "7"]
+           "--top-n", "5", "--rank-by", rank_by, "--users-per-batch", "7"] + (["--max-per-category", "2"] if cap else [])
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     spark_recs = frame(pq.read_table(out / "recommendations").select(RECS_SCHEMA.names).cast(RECS_SCHEMA))
-    local = frame(score_recommendations(fs, loaded, 5, rank_by))
+    local = frame(score_recommendations(fs, loaded, 5, rank_by, max_per_category=cap))
     assert spark_recs[["user_id", "rank", "item_id"]].equals(local[["user_id", "rank", "item_id"]])
     np.testing.assert_allclose(spark_recs["score"], local["score"], rtol=1e-4)
     spark_ltv = frame(pq.read_table(out / "ltv_estimates").to_pandas().pipe(pa.Table.from_pandas, preserve_index=False))

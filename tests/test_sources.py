@@ -118,3 +118,14 @@ def test_utf8_scan_is_exact_across_read_blocks(tmp_path, chunk):
     assert sources._first_non_utf8_byte(f, chunk) == 16 + 5 * 7
     f.write_bytes(b"user_id,item_id\nu1,caf\xc3")  # cut inside a character at the very end
     assert sources._first_non_utf8_byte(f, chunk) == 16 + 6
+
+
+def test_items_in_stock_flag(tmp_path):
+    events = write_csv(tmp_path / "events.csv", "user_id,item_id,event_type,event_ts,quantity,unit_price\n"
+                                                "u1,i1,view,2024-01-01T10:00:00Z,1,\n")
+    items = write_csv(tmp_path / "items.csv", "item_id,title,in_stock\ni1,A,yes\ni2,B,FALSE\ni3,C,\ni4,D,0\n")
+    _, table = sources.load_events(events, items)
+    assert table.column("in_stock").to_pylist() == [True, False, None, False]  # empty: unknown (in stock)
+    bad = write_csv(tmp_path / "bad_items.csv", "item_id,in_stock\ni1,true\ni2,maybe\n")
+    with pytest.raises(sources.InputError, match=r"bad_items.csv: column 'in_stock' row 2: 'maybe' is not true/false"):
+        sources.load_events(events, bad)

@@ -14,6 +14,7 @@ ranked as (
         title,
         category,
         price,
+        in_stock,
         row_number() over (
             partition by item_id
             order by
@@ -30,6 +31,7 @@ select
     item_id,
     title,
     category,
-    price
+    price,
+    in_stock
 from ranked
 where item_rank = 1

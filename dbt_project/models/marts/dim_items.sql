@@ -56,6 +56,7 @@ select
             else 0
         end
     as double precision)                           as price,
+    coalesce(catalogue.in_stock, true)             as in_stock,
     coalesce(event_stats.n_events, 0)              as n_events,
     coalesce(event_stats.n_users, 0)               as n_users,
     event_stats.first_seen_ts,

@@ -9,5 +9,6 @@ select
     nullif(trim(cast(item_id as varchar)), '')  as item_id,
     nullif(trim(cast(title as varchar)), '')    as title,
     nullif(trim(cast(category as varchar)), '') as category,
-    cast(price as double precision)             as price
+    cast(price as double precision)             as price,
+    cast(in_stock as boolean)                   as in_stock
 from source
