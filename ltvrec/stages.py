@@ -485,6 +485,7 @@ def score(run_dir: Path) -> dict:
 @stage
 def gate_scores(run_dir: Path) -> dict:
     from expectations.gate import scores_frames
+    from models.data import in_stock
 
     cfg = RunConfig.load(run_dir)
     recs = pq.read_table(run_dir / "scores" / "recommendations.parquet").to_pandas()
@@ -492,8 +493,7 @@ def gate_scores(run_dir: Path) -> dict:
     seq = pq.ParquetDataset(run_dir / "features" / "sequences").read(columns=["user_id", "items"]).to_pandas()
     items = pq.ParquetDataset(run_dir / "features" / "items").read().to_pandas()
     seen = seq.explode("items").merge(items, left_on="items", right_on="item_idx")[["user_id", "item_id"]]
-    in_stock = items["in_stock"].fillna(True).astype(bool) if "in_stock" in items else pd.Series(True, index=items.index)
-    frames, params = scores_frames(recs, ltv, seen, items.loc[in_stock, "item_id"], seq["user_id"], cfg.top_n)
+    frames, params = scores_frames(recs, ltv, seen, items.loc[in_stock(items), "item_id"], seq["user_id"], cfg.top_n)
     return _gate(run_dir, "scores", frames, params)
 
 

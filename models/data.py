@@ -27,6 +27,13 @@ def epoch(iso: str) -> int:
     return int(datetime.fromisoformat(iso).replace(tzinfo=timezone.utc).timestamp())
 
 
+def in_stock(items: pd.DataFrame) -> np.ndarray:
+    """Availability of each row of a features `items` table; unknown (or no column) means in stock."""
+    if "in_stock" not in items:
+        return np.ones(len(items), dtype=bool)
+    return items["in_stock"].fillna(True).to_numpy(dtype=bool)
+
+
 @dataclass
 class FeatureSet:
     item_ids: np.ndarray  # item_ids[idx - 1] is the id of item index idx
@@ -63,7 +70,7 @@ class FeatureSet:
             ltv=pq.read_table(features_dir / "ltv_features").to_pandas(),
             split=json.loads((features_dir / "split.json").read_text()),
             item_category=items["category"].to_numpy(dtype=object) if "category" in items else None,
-            item_in_stock=items["in_stock"].fillna(True).to_numpy(dtype=bool) if "in_stock" in items else None,
+            item_in_stock=in_stock(items) if "in_stock" in items else None,
         )
 
     @property

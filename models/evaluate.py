@@ -20,17 +20,18 @@ from models.sasrec import ziln_expected_value
 KS = (10, 20)
 
 
-def remap(fs: FeatureSet, loaded: LoadedModel) -> np.ndarray:
-    """Index map from this run's item indices to the model's (0 where the model does not know the item)."""
+def remap(run_item_ids, loaded: LoadedModel) -> np.ndarray:
+    """Index map from a run's item indices (run_item_ids[idx - 1] is item idx) to the model's (0 where the model
+    does not know the item)."""
     model_index = {item: i + 1 for i, item in enumerate(loaded.item_ids)}
-    return np.array([0] + [model_index.get(i, 0) for i in fs.item_ids], dtype=np.int64)
+    return np.array([0] + [model_index.get(i, 0) for i in run_item_ids], dtype=np.int64)
 
 
-def to_model_index(fs: FeatureSet, loaded: LoadedModel, items: list[np.ndarray], types: list[np.ndarray]):
-    """Histories in the model's item indices (items the model does not know are dropped)."""
-    m = remap(fs, loaded)
-    keep = [m[i] > 0 for i in items]
-    return [m[i][k] for i, k in zip(items, keep)], [t[k] for t, k in zip(types, keep)]
+def to_model_index(mapping: np.ndarray, items: list[np.ndarray], types: list[np.ndarray]):
+    """Histories in the model's item indices through `remap`'s map (items the model does not know are dropped)."""
+    mapped = [mapping[np.asarray(i, dtype=np.int64)] for i in items]
+    keep = [m > 0 for m in mapped]
+    return [m[k] for m, k in zip(mapped, keep)], [np.asarray(t, dtype=np.int64)[k] for t, k in zip(types, keep)]
 
 
 def evaluate_recommendations(fs: FeatureSet, loaded: LoadedModel, protocol: Protocol,
@@ -40,7 +41,7 @@ def evaluate_recommendations(fs: FeatureSet, loaded: LoadedModel, protocol: Prot
     if len(users) == 0:
         return {}
     own_items, own_types = fs.prefixes(protocol.valid_end, users)
-    its, tys = to_model_index(fs, loaded, own_items, own_types)
+    its, tys = to_model_index(remap(fs.item_ids, loaded), own_items, own_types)
     topk_model, _, _ = model_topk(loaded.model, its, tys, k=max(KS))
     run_index = {item: i + 1 for i, item in enumerate(fs.item_ids)}
     to_run = np.array([0] + [run_index.get(i, 0) for i in loaded.item_ids], dtype=np.int64)
@@ -69,7 +70,7 @@ def predict_ltv(fs: FeatureSet, loaded: LoadedModel, cutoff: str):
     if frame.empty:
         return frame, np.zeros(0), np.zeros(0)
     _, own_items, own_types = fs.histories(epoch(fs.split["ltv_cutoffs"][cutoff]), frame["user_pos"].to_numpy())
-    its, tys = to_model_index(fs, loaded, own_items, own_types)
+    its, tys = to_model_index(remap(fs.item_ids, loaded), own_items, own_types)
     feats = torch.as_tensor(loaded.scaler.transform(frame))
     p_all, ev_all = [], []
     for s in range(0, len(frame), 2048):

@@ -20,6 +20,7 @@ import torch
 
 from models.checkpoint import LoadedModel
 from models.data import LTV_FEATURES, FeatureSet, epoch
+from models.evaluate import remap, to_model_index
 from models.ranking import model_topk
 from models.sasrec import ziln_expected_value
 
@@ -90,9 +91,8 @@ class Scorer:
         self.model = loaded.model.to(self.device).eval()
         self.scaler = loaded.scaler
         self.item_ids = np.asarray([""] + list(loaded.item_ids), dtype=object)  # by model item index
-        model_index = {item: i + 1 for i, item in enumerate(loaded.item_ids)}
         run_item_ids = np.asarray(run_item_ids, dtype=object)
-        self.remap = np.array([0] + [model_index.get(i, 0) for i in run_item_ids], dtype=np.int64)  # run idx -> model
+        self.remap = remap(run_item_ids, loaded)  # run item index -> model item index
         recommendable = run_item_ids if recommendable_ids is None else np.asarray(recommendable_ids, dtype=object)
         self.allowed = np.isin(self.item_ids, recommendable)  # only items of this run's catalogue are recommended
         self.top_n = top_n
@@ -113,12 +113,6 @@ class Scorer:
         elif rank_by != "relevance":
             raise ValueError(f"rank_by {rank_by!r}: use relevance or expected_value")
 
-    def to_model(self, items: list[np.ndarray], types: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """Histories in model indices; items the model does not know are dropped."""
-        mapped = [self.remap[np.asarray(i, dtype=np.int64)] for i in items]
-        keep = [m > 0 for m in mapped]
-        return [m[k] for m, k in zip(mapped, keep)], [np.asarray(t, dtype=np.int64)[k] for t, k in zip(types, keep)]
-
     @torch.no_grad()
     def score(self, user_ids: np.ndarray, items: list[np.ndarray], types: list[np.ndarray],
               ltv_features: pd.DataFrame | None = None) -> tuple[pa.RecordBatch, pa.RecordBatch]:
@@ -126,7 +120,7 @@ class Scorer:
 
         `ltv_features`: raw LTV features aligned with the users, NaN rows for users who are not customers (no
         LTV row for them); None: no LTV rows at all. Ranks stop early only where a user has nothing left."""
-        its, tys = self.to_model(items, types)
+        its, tys = to_model_index(self.remap, items, types)
         k = self.top_n * (self.CANDIDATES_PER_SLOT if self.max_per_category is not None else 1)
         topk, scores, user_vecs = model_topk(self.model, its, tys, k=k, item_value=self.value,
                                              allowed=self.allowed, chunk=self.chunk)
