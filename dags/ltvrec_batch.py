@@ -118,6 +118,7 @@ def ltvrec_batch():
     for name in ["ingest", "gate_raw", "dbt_build", "gate_cleaned", "features", "gate_features"]:
         run_dir = stage_task(name)(run_dir)
     als = stage_task("als_baseline")(run_dir)  # independent of training: may run beside it
+    run_dir = stage_task("ltv_prior")(run_dir)
     run_dir = stage_task("train")(run_dir)
     evaluated = stage_task("evaluate")(run_dir)
     als >> evaluated

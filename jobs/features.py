@@ -8,7 +8,7 @@ Writes, under --out:
   sequences/      per user, time-ordered arrays: items, types, ts (epoch s); runs of the same item collapsed
                   to their last (strongest) event, e.g. view -> cart -> purchase becomes one purchase token
   ltv_features/   per customer and cut-off (train = D-2H and, with --ltv-train-windows, train_1 = D-3H, ...;
-                  eval = D-H; score = D): RFM features computed from
+                  eval = D-H; score = D; ref_<name> = that cut-off - 365 days): RFM features computed from
                   events strictly before the cut-off (btyd_*: the BG/NBD + Gamma-Gamma summary of models/btyd.py),
                   and the label: net spend in [cut-off, cut-off + H)
   split.json      the cut-off timestamps of the temporal split
@@ -109,6 +109,20 @@ def ltv_train_cutoffs(end: datetime, horizon_days: int, windows: int, first_even
     return cutoffs
 
 
+def reference_cutoffs(cutoffs: dict[str, str], horizon_days: int, first_event: datetime) -> dict[str, str]:
+    """A year before each cut-off (names ref_<cut-off>), for models/ltv_prior.py's seasonal factor: how far the
+    BG/NBD + Gamma-Gamma level was from actual spend in the same season a year earlier. Only with H <= 365 days
+    (the reference label window then ends before its cut-off) and H days of history before the reference."""
+    if horizon_days > 365:
+        return {}
+    refs = {}
+    for name, iso in cutoffs.items():
+        ref = datetime.fromisoformat(iso) - timedelta(days=365)
+        if ref - first_event >= timedelta(days=horizon_days):
+            refs[f"ref_{name}"] = ref.isoformat()
+    return refs
+
+
 def build_ltv_features(events: DataFrame, cutoff: datetime, horizon_days: int, name: str) -> DataFrame:
     c = F.lit(cutoff).cast("timestamp")
     end = F.lit(cutoff + timedelta(days=horizon_days)).cast("timestamp")
@@ -130,6 +144,10 @@ def build_ltv_features(events: DataFrame, cutoff: datetime, horizon_days: int, n
         F.sum(F.when(days_before <= 30, F.col("amount")).otherwise(0.0)).alias("spend_30d"),
         F.sum(F.when(days_before <= 90, F.col("amount")).otherwise(0.0)).alias("spend_90d"),
         F.sum(F.when(days_before <= horizon_days, F.col("amount")).otherwise(0.0)).alias("spend_past_h"),
+        F.sum(F.when(days_before <= 365, F.col("amount")).otherwise(0.0)).alias("spend_365d"),
+        # the same season a year back: [c - 365d, c - 365d + H), which ends before c when H <= 365
+        F.sum(F.when((days_before <= 365) & (days_before > 365 - horizon_days), F.col("amount")).otherwise(0.0))
+        .alias("spend_last_year_h"),
     ).where(F.col("n_purchases") > 0)  # customers: at least one purchase before the cut-off
     btyd = build_btyd_summary(past, cutoff)
     label = (
@@ -173,16 +191,14 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("features: no clean events to build features from")
     as_of = datetime.fromisoformat(args.as_of) if args.as_of else datetime(last.year, last.month, last.day)
     end = as_of + timedelta(days=1)
+    cutoffs = {**ltv_train_cutoffs(end, args.horizon_days, args.ltv_train_windows, first),
+               "eval": (end - timedelta(days=args.horizon_days)).isoformat(), "score": end.isoformat()}
     split = {
         "as_of": as_of.date().isoformat(),
         "end": end.isoformat(),
         "test_start": (end - timedelta(days=args.holdout_days)).isoformat(),
         "valid_start": (end - timedelta(days=2 * args.holdout_days)).isoformat(),
-        "ltv_cutoffs": {
-            **ltv_train_cutoffs(end, args.horizon_days, args.ltv_train_windows, first),
-            "eval": (end - timedelta(days=args.horizon_days)).isoformat(),
-            "score": end.isoformat(),
-        },
+        "ltv_cutoffs": {**cutoffs, **reference_cutoffs(cutoffs, args.horizon_days, first)},
         "horizon_days": args.horizon_days,
         "holdout_days": args.holdout_days,
     }

@@ -12,12 +12,13 @@ Writes DIR/recommendations and DIR/ltv_estimates (Parquet folders with the local
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pyarrow as pa
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from models.data import LTV_FEATURES
+from models.data import PRIOR_FILE, FeatureScaler
 
 OUT_SCHEMA = pa.schema([("kind", pa.string()), ("user_id", pa.string()), ("rank", pa.int32()), ("item_id", pa.string()),
                         ("score", pa.float64()), ("p_active", pa.float64()), ("expected_value", pa.float64())])
@@ -55,7 +56,7 @@ def score_partitions(checkpoint, catalogue, top_n: int, rank_by: str, max_per_ca
             users = batch.column("user_id").to_numpy(zero_copy_only=False)
             items = [np.asarray(x, dtype=np.int64) for x in batch.column("items").to_pylist()]
             types = [np.asarray(x, dtype=np.int64) for x in batch.column("types").to_pylist()]
-            features = pa.Table.from_batches([batch.select(LTV_FEATURES)]).to_pandas()
+            features = pa.Table.from_batches([batch.select(catalogue.value["ltv_columns"])]).to_pandas()
             recs, ltv = scorer.score(users, items, types, features)
             n, m = recs.num_rows, ltv.num_rows
             yield pa.RecordBatch.from_arrays([
@@ -83,7 +84,13 @@ def main(argv: list[str] | None = None) -> None:
              .config("spark.sql.execution.arrow.maxRecordsPerBatch", str(args.users_per_batch)).getOrCreate())
     spark.sparkContext.setLogLevel("WARN")
     with open(args.checkpoint, "rb") as fh:
-        checkpoint = spark.sparkContext.broadcast(fh.read())
+        raw = fh.read()
+    import io
+
+    import torch
+
+    ltv_columns = FeatureScaler.from_dict(torch.load(io.BytesIO(raw), map_location="cpu", weights_only=False)["scaler"]).features
+    checkpoint = spark.sparkContext.broadcast(raw)
     items = spark.read.parquet(f"{args.features}/items")
     if "in_stock" not in items.columns:
         items = items.withColumn("in_stock", F.lit(True))
@@ -92,11 +99,14 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"{args.features}/items: item_idx must be 1..n without gaps")
     catalogue = spark.sparkContext.broadcast({
         "item_ids": [r.item_id for r in items], "categories": [r.category for r in items],
-        "recommendable": [r.item_id for r in items if r.in_stock is not False]})
+        "recommendable": [r.item_id for r in items if r.in_stock is not False], "ltv_columns": ltv_columns})
 
     sequences = spark.read.parquet(f"{args.features}/sequences").select("user_id", "items", "types")
-    ltv = (spark.read.parquet(f"{args.features}/ltv_features").where(F.col("cutoff") == "score")
-           .select("user_id", *[F.coalesce(F.col(c).cast("double"), F.lit(0.0)).alias(c) for c in LTV_FEATURES]))
+    ltv = spark.read.parquet(f"{args.features}/ltv_features").where(F.col("cutoff") == "score")
+    if Path(args.features, PRIOR_FILE).exists():  # the prior's columns (models/ltv_prior.py)
+        ltv = ltv.join(spark.read.parquet(f"{args.features}/{PRIOR_FILE}").where(F.col("cutoff") == "score")
+                       .drop("cutoff"), "user_id", "left")
+    ltv = ltv.select("user_id", *[F.coalesce(F.col(c).cast("double"), F.lit(0.0)).alias(c) for c in ltv_columns])
     users = sequences.join(ltv, "user_id", "left")  # LTV features are NULL for users who are not customers
     partitions = max(spark.sparkContext.defaultParallelism, 1)
     scored = users.repartition(partitions, "user_id").mapInArrow(

@@ -109,6 +109,13 @@ class RunConfig:
     refit_epochs: int = 1  # after early stopping, train the best model this many epochs on the validation window too
     ltv_weight: float = 1.0
     ltv_sigma_max: float = 2.0  # bound of the ZILN sigma (0: unbounded)
+    # width of the shared user vector's way into the LTV head; 0: the head reads the RFM and prior features only.
+    # The encoder trains on events after the LTV training cut-off, so its user vector at that cut-off carries
+    # signal that does not carry over to later cut-offs: on Online Retail II, a head trained on the same
+    # encoder's 8-d projection scored Gini 0.78 / decile MAPE 0.69 against 0.84 / 0.15 without it.
+    ltv_user_dim: int = 0
+    ltv_prior: bool = True  # the ZILN head corrects a seasonal BG/NBD + Gamma-Gamma prior (models/ltv_prior.py)
+    ltv_correction_weight: float = 0.5  # share of the head's correction kept in predictions (log space)
     # LTV training cut-offs D-2H, D-3H, ...: more label windows. Off by default: on Online Retail II, 4 windows
     # lowered the normalized Gini of a features-only ZILN from 0.827 to 0.794 and made its tail unstable.
     ltv_train_windows: int = 1

@@ -26,7 +26,7 @@ from ltvrec.config import PROJECT_ROOT, RunConfig, ltvrec_home, mlflow_tracking_
 
 log = logging.getLogger("ltvrec")
 STAGE_ORDER = ["prepare", "ingest", "gate_raw", "dbt_build", "gate_cleaned", "features", "gate_features",
-               "train", "als_baseline", "evaluate", "register", "score", "gate_scores", "publish"]
+               "ltv_prior", "train", "als_baseline", "evaluate", "register", "score", "gate_scores", "publish"]
 
 
 def stage(fn):
@@ -221,6 +221,26 @@ def gate_features(run_dir: Path) -> dict:
     n_items = pq.ParquetDataset(run_dir / "features" / "items").read(columns=["item_idx"]).num_rows
     ltv = pq.ParquetDataset(run_dir / "features" / "ltv_features").read().to_pandas()
     return _gate(run_dir, "features", {"sequences": seq.drop(columns="items"), "ltv_features": ltv}, {"n_items": n_items})
+
+
+@stage
+def ltv_prior(run_dir: Path) -> dict:
+    """Fit BG/NBD + Gamma-Gamma at every LTV cut-off and write the ZILN head's seasonal prior (models/ltv_prior.py)
+    beside the features (features/ltv_prior); with ltv_prior=false, nothing is fitted here."""
+    from models.data import PRIOR_FILE
+    from models.ltv_prior import fit_prior
+
+    cfg = RunConfig.load(run_dir)
+    if not cfg.ltv_prior:
+        return {"skipped": "ltv_prior=false"}
+    ltv = pq.ParquetDataset(run_dir / "features" / "ltv_features").read().to_pandas()
+    if ltv.empty:  # e.g. ratings only: no customers, no LTV head to correct
+        return {"customers": 0}
+    prior, factors = fit_prior(ltv, cfg.horizon_days)
+    out = run_dir / "features" / PRIOR_FILE
+    out.mkdir(exist_ok=True)
+    pq.write_table(pa.Table.from_pandas(prior, preserve_index=False), out / "part-0.parquet")
+    return {"seasonal_factors": factors, "rows": {"ltv_prior": len(prior)}}
 
 
 @stage

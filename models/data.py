@@ -21,6 +21,9 @@ LTV_FEATURES = [
     "tenure_days", "n_events", "n_items", "spend_30d", "spend_90d", "spend_past_h", "avg_order_value",
     "returns_share", "btyd_frequency", "btyd_recency", "btyd_T", "btyd_monetary_value"
 ]
+LEGACY_LTV_FEATURES = list(LTV_FEATURES)  # the scaler's features in checkpoints that do not name theirs
+LTV_FEATURES += ["spend_365d", "spend_last_year_h"]
+PRIOR_FILE = "ltv_prior"  # written beside the Spark features by the ltv_prior stage (models/ltv_prior.py)
 
 
 def epoch(iso: str) -> int:
@@ -32,6 +35,15 @@ def in_stock(items: pd.DataFrame) -> np.ndarray:
     if "in_stock" not in items:
         return np.ones(len(items), dtype=bool)
     return items["in_stock"].fillna(True).to_numpy(dtype=bool)
+
+
+def load_ltv(features_dir: Path) -> pd.DataFrame:
+    """The Spark LTV features, with the prior's columns (models/ltv_prior.py) joined in where it was fitted."""
+    ltv = pq.read_table(features_dir / "ltv_features").to_pandas()
+    if (features_dir / PRIOR_FILE).exists():
+        prior = pq.read_table(features_dir / PRIOR_FILE).to_pandas()
+        ltv = ltv.merge(prior, on=["user_id", "cutoff"], how="left", validate="one_to_one")
+    return ltv
 
 
 @dataclass
@@ -67,7 +79,7 @@ class FeatureSet:
             items=[np.asarray(x, dtype=np.int64) for x in seq["items"]],
             types=[np.asarray(x, dtype=np.int64) for x in seq["types"]],
             ts=[np.asarray(x, dtype=np.int64) for x in seq["ts"]],
-            ltv=pq.read_table(features_dir / "ltv_features").to_pandas(),
+            ltv=load_ltv(features_dir),
             split=json.loads((features_dir / "split.json").read_text()),
             item_category=items["category"].to_numpy(dtype=object) if "category" in items else None,
             item_in_stock=in_stock(items) if "in_stock" in items else None,
@@ -163,24 +175,33 @@ class FeatureScaler:
 
     mean: np.ndarray
     std: np.ndarray
+    features: list[str] | None = None  # the columns, in order (None: LTV_FEATURES)
 
-    @staticmethod
-    def _log(frame: pd.DataFrame) -> np.ndarray:
-        x = frame[LTV_FEATURES].fillna(0.0).to_numpy(dtype=np.float64)
+    def __post_init__(self):
+        self.features = list(self.features or LTV_FEATURES)
+        if len(self.features) != len(self.mean):
+            raise ValueError(f"scaler: {len(self.mean)} statistics for {len(self.features)} features")
+
+    def _log(self, frame: pd.DataFrame) -> np.ndarray:
+        missing = [c for c in self.features if c not in frame.columns]
+        if missing:
+            raise ValueError(f"LTV features: missing column(s) {missing} (the ltv_prior stage writes the prior's)")
+        x = frame[self.features].fillna(0.0).to_numpy(dtype=np.float64)
         return np.sign(x) * np.log1p(np.abs(x))
 
     @classmethod
-    def fit(cls, frame: pd.DataFrame) -> "FeatureScaler":
-        x = cls._log(frame)
+    def fit(cls, frame: pd.DataFrame, features: list[str] | None = None) -> "FeatureScaler":
+        features = list(features or LTV_FEATURES)
+        x = cls(np.zeros(len(features)), np.ones(len(features)), features)._log(frame)
         std = x.std(axis=0)
-        return cls(mean=x.mean(axis=0), std=np.where(std > 1e-6, std, 1.0))  # a constant column stays finite
+        return cls(x.mean(axis=0), np.where(std > 1e-6, std, 1.0), features)  # a constant column stays finite
 
     def transform(self, frame: pd.DataFrame) -> np.ndarray:
         return ((self._log(frame) - self.mean) / self.std).astype(np.float32)
 
     def to_dict(self) -> dict:
-        return {"mean": self.mean.tolist(), "std": self.std.tolist()}
+        return {"mean": self.mean.tolist(), "std": self.std.tolist(), "features": self.features}
 
     @classmethod
     def from_dict(cls, d: dict) -> "FeatureScaler":
-        return cls(mean=np.asarray(d["mean"]), std=np.asarray(d["std"]))
+        return cls(np.asarray(d["mean"]), np.asarray(d["std"]), d.get("features") or LEGACY_LTV_FEATURES)

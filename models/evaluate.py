@@ -15,7 +15,6 @@ from models.checkpoint import LoadedModel
 from models.data import FeatureSet, Protocol, epoch, pad_left
 from models.metrics import ranking_metrics
 from models.ranking import factor_topk, model_topk, popularity_topk
-from models.sasrec import ziln_expected_value
 
 KS = (10, 20)
 
@@ -72,21 +71,33 @@ def predict_ltv(fs: FeatureSet, loaded: LoadedModel, cutoff: str):
     _, own_items, own_types = fs.histories(epoch(fs.split["ltv_cutoffs"][cutoff]), frame["user_pos"].to_numpy())
     its, tys = to_model_index(remap(fs.item_ids, loaded), own_items, own_types)
     feats = torch.as_tensor(loaded.scaler.transform(frame))
+    prior = ltv_prior(frame, loaded)
     p_all, ev_all = [], []
     for s in range(0, len(frame), 2048):
         x = torch.as_tensor(pad_left(its[s : s + 2048], loaded.model.cfg.max_len))
         t = torch.as_tensor(pad_left(tys[s : s + 2048], loaded.model.cfg.max_len))
         h = loaded.model.encode(x, t)[:, -1]
-        p, ev = ziln_expected_value(*loaded.model.ltv_params(h, feats[s : s + 2048]))
+        p, ev = loaded.model.ltv_estimate(h, feats[s : s + 2048], None if prior is None else prior[s : s + 2048])
         p_all.append(p.numpy()), ev_all.append(ev.numpy())
     return frame, np.concatenate(p_all).astype(float), np.concatenate(ev_all).astype(float)
+
+
+def ltv_prior(frame, loaded: LoadedModel) -> torch.Tensor | None:
+    """The customers' prior values when the model's LTV head corrects a prior (models/ltv_prior.py), else None."""
+    if not loaded.model.cfg.ltv_prior:
+        return None
+    if "ltv_prior" not in frame or frame["ltv_prior"].isna().any():
+        raise ValueError("the model's LTV head corrects a prior, but the features have no ltv_prior for every "
+                         "customer: run the ltv_prior stage (models/ltv_prior.py) on them")
+    return torch.as_tensor(frame["ltv_prior"].to_numpy(dtype=np.float32))
 
 
 def ltv_predictions(fs: FeatureSet, loaded: LoadedModel, with_btyd: bool = True):
     """(actual spend, {model: (expected value, activity score)}) at the `eval` cut-off (D - H).
 
     The activity score orders customers by their chance of buying in the horizon (for AUC-PR): ZILN's
-    p_active, BG/NBD's expected number of purchases, the naive model's past spend.
+    p_active, BG/NBD's expected number of purchases, the naive model's past spend. BG/NBD + Gamma-Gamma comes from
+    the ltv_prior stage's fit when there is one, and with it the prior itself (BTYD x seasonal factor).
     """
     frame, p, ev = predict_ltv(fs, loaded, "eval")
     if frame.empty:
@@ -94,19 +105,14 @@ def ltv_predictions(fs: FeatureSet, loaded: LoadedModel, with_btyd: bool = True)
     actual = frame["label_value"].to_numpy(dtype=float)
     naive = np.maximum(frame["spend_past_h"].to_numpy(dtype=float), 0.0)
     predictions = {"ziln": (ev, p), "naive_past_spend": (naive, naive)}
-    if with_btyd:
+    if "ltv_prior" in frame and frame["ltv_prior"].notna().all():
+        purchases = frame["btyd_expected_purchases"].to_numpy(dtype=float)
+        predictions["bgnbd_gamma_gamma"] = (frame["btyd_expected_value"].to_numpy(dtype=float), purchases)
+        predictions["seasonal_bgnbd_prior"] = (frame["ltv_prior"].to_numpy(dtype=float), purchases)
+    elif with_btyd:
+        from models.ltv_prior import btyd_predictions
+
         btyd = btyd_predictions(frame, fs.split["horizon_days"])
-        predictions["bgnbd_gamma_gamma"] = (btyd["expected_value"], btyd["expected_purchases"])
+        predictions["bgnbd_gamma_gamma"] = (btyd["expected_value"].to_numpy(dtype=float),
+                                            btyd["expected_purchases"].to_numpy(dtype=float))
     return actual, predictions
-
-
-def btyd_predictions(frame, horizon_days: float) -> dict[str, np.ndarray]:
-    """BG/NBD + Gamma-Gamma (PyMC-Marketing) fitted on the customers' purchase histories before the cut-off:
-    expected_value and expected_purchases, aligned with `frame`."""
-    from models.btyd import bgnbd_gamma_gamma
-
-    summary = frame[["user_id", "btyd_frequency", "btyd_recency", "btyd_T", "btyd_monetary_value"]].rename(
-        columns=lambda c: c.removeprefix("btyd_"))
-    summary["monetary_value"] = summary["monetary_value"].clip(lower=0.0)  # net of returns it can dip below 0
-    predicted = bgnbd_gamma_gamma(summary, horizon_days).set_index("user_id").reindex(frame["user_id"]).fillna(0.0)
-    return {c: predicted[c].to_numpy(dtype=float) for c in ("expected_value", "expected_purchases")}

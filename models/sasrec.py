@@ -27,10 +27,14 @@ class ModelConfig:
     n_layers: int = 2
     dropout: float = 0.2
     text_dim: int = 0  # > 0: item text vectors (buffer `item_text`) are projected and added to item embeddings
-    ltv_user_dim: int = 8  # the shared user vector enters the LTV head through this bottleneck
+    ltv_user_dim: int = 8  # the shared user vector enters the LTV head through this bottleneck (0: it does not)
     # upper bound of the lognormal sigma (None: unbounded softplus, as in checkpoints before the bound existed).
     # exp(mu + sigma^2 / 2) explodes for customers outside the training window's range when sigma is free.
     ltv_sigma_max: float | None = None
+    # mu = log(prior) + the head's output, the prior being models/ltv_prior.py's seasonal BG/NBD + Gamma-Gamma value
+    ltv_prior: bool = False
+    # predictions keep this share of the head's correction of the prior, in log space (see ltv_estimate)
+    ltv_correction_weight: float = 1.0
 
 
 class Block(nn.Module):
@@ -78,7 +82,8 @@ class SeqRecModel(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(cfg.d_model)
         # a narrow view of the user vector: with a few thousand customers, all 64 dimensions overfit the head
-        self.ltv_user = nn.Sequential(nn.Linear(cfg.d_model, cfg.ltv_user_dim), nn.Dropout(cfg.dropout))
+        if cfg.ltv_user_dim:
+            self.ltv_user = nn.Sequential(nn.Linear(cfg.d_model, cfg.ltv_user_dim), nn.Dropout(cfg.dropout))
         self.ltv_head = nn.Sequential(
             nn.Linear(cfg.ltv_user_dim + cfg.n_ltv_features, cfg.d_model), nn.GELU(),
             nn.Linear(cfg.d_model, cfg.d_model), nn.GELU(), nn.Linear(cfg.d_model, 3)
@@ -119,12 +124,31 @@ class SeqRecModel(nn.Module):
         logits[..., 0] = float("-inf")
         return logits
 
-    def ltv_params(self, user_vec: torch.Tensor, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """ZILN parameters: purchase logit, lognormal mu and sigma (> 0)."""
-        out = self.ltv_head(torch.cat([self.ltv_user(user_vec), feats], dim=-1))
+    def ltv_params(self, user_vec: torch.Tensor | None, feats: torch.Tensor, prior: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """ZILN parameters: purchase logit, lognormal mu and sigma (> 0). With cfg.ltv_prior, `prior` (> 0, one per
+        row) is required and mu = log(prior) + the head's output: the head learns a correction of the prior."""
+        out = self.ltv_head(torch.cat([self.ltv_user(user_vec), feats], dim=-1) if self.cfg.ltv_user_dim else feats)
+        mu = out[:, 1]
+        if self.cfg.ltv_prior:
+            if prior is None:
+                raise ValueError("this model's LTV head corrects a prior (ltv_prior): pass the customers' ltv_prior")
+            mu = mu + torch.log(prior.to(mu.dtype))
         if self.cfg.ltv_sigma_max:
-            return out[:, 0], out[:, 1], 0.05 + (self.cfg.ltv_sigma_max - 0.05) * torch.sigmoid(out[:, 2])
-        return out[:, 0], out[:, 1], F.softplus(out[:, 2]) + 1e-3
+            return out[:, 0], mu, 0.05 + (self.cfg.ltv_sigma_max - 0.05) * torch.sigmoid(out[:, 2])
+        return out[:, 0], mu, F.softplus(out[:, 2]) + 1e-3
+
+    def ltv_estimate(self, user_vec: torch.Tensor | None, feats: torch.Tensor, prior: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(p_active, expected value) per customer. With a prior and ltv_correction_weight w < 1, the expected value
+        keeps the share w of the ZILN's correction in log space: prior^(1 - w) * ZILN^w. A correction learned in
+        one season (the training window) is applied in another (the horizon), so it is shrunk towards the prior."""
+        p, ev = ziln_expected_value(*self.ltv_params(user_vec, feats, prior))
+        w = self.cfg.ltv_correction_weight
+        if self.cfg.ltv_prior and w != 1.0:
+            log_prior = torch.log(prior.to(ev.dtype))
+            ev = torch.exp(log_prior + w * (torch.log(ev.clamp(min=1e-30)) - log_prior))
+        return p, ev
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Training pass for both tasks; returns the two losses.
@@ -143,8 +167,9 @@ class SeqRecModel(nn.Module):
                                             batch["neg_items"], batch["log_q"])
         else:
             rec_loss = F.cross_entropy(self.item_logits(h[has_target]), targets[has_target])
-        hl = self.encode(batch["ltv_items"], batch["ltv_types"])[:, -1]
-        logit, mu, sigma = self.ltv_params(hl, batch["ltv_feats"])
+        # the LTV examples' user vectors, only where the head reads them
+        hl = self.encode(batch["ltv_items"], batch["ltv_types"])[:, -1] if self.cfg.ltv_user_dim else None
+        logit, mu, sigma = self.ltv_params(hl, batch["ltv_feats"], batch.get("ltv_prior"))
         ltv_loss = ziln_loss(logit, mu, sigma, batch["ltv_label"], batch["ltv_mask"])
         return {"rec_loss": rec_loss, "ltv_loss": ltv_loss}
 

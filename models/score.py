@@ -19,10 +19,9 @@ import pyarrow as pa
 import torch
 
 from models.checkpoint import LoadedModel
-from models.data import LTV_FEATURES, FeatureSet, epoch
+from models.data import FeatureSet, epoch
 from models.evaluate import remap, to_model_index
 from models.ranking import model_topk
-from models.sasrec import ziln_expected_value
 
 RECS_SCHEMA = pa.schema([("user_id", pa.string()), ("rank", pa.int32()), ("item_id", pa.string()), ("score", pa.float64())])
 GROUP = 8  # chunks per streamed batch
@@ -138,11 +137,18 @@ class Scorer:
         p_all = ev_all = np.zeros(0)
         customers = np.zeros(len(users), dtype=bool)
         if ltv_features is not None and len(users):
-            customers = ltv_features[LTV_FEATURES].notna().any(axis=1).to_numpy()
+            customers = ltv_features[self.scaler.features].notna().any(axis=1).to_numpy()
         if customers.any():
-            feats = torch.as_tensor(self.scaler.transform(ltv_features[customers]), device=self.device)
+            rows = ltv_features[customers]
+            feats = torch.as_tensor(self.scaler.transform(rows), device=self.device)
+            prior = None
+            if self.model.cfg.ltv_prior:
+                prior = rows["ltv_prior"].to_numpy(dtype=np.float32)
+                if not (prior > 0).all():
+                    raise ValueError("ltv_prior must be > 0 for every customer (models/ltv_prior.py)")
+                prior = torch.as_tensor(prior, device=self.device)
             h = user_vecs[torch.from_numpy(customers.copy()).to(user_vecs.device)].float()
-            p, ev = ziln_expected_value(*(t.float() for t in self.model.ltv_params(h, feats)))
+            p, ev = (t.float() for t in self.model.ltv_estimate(h, feats, prior))
             p_all, ev_all = p.cpu().numpy().astype(np.float64), ev.cpu().numpy().astype(np.float64)
         ltv = pa.RecordBatch.from_arrays([pa.array(users[customers], pa.string()), pa.array(p_all, pa.float64()),
                                           pa.array(ev_all, pa.float64())], schema=LTV_SCHEMA)
@@ -159,8 +165,9 @@ def stream_scores(fs: FeatureSet, loaded: LoadedModel, top_n: int, rank_by: str 
     group = scorer.chunk * GROUP
     end = epoch(fs.split["end"])
     ltv = fs.ltv_frame("score")
-    features = pd.DataFrame(np.nan, index=np.arange(len(fs.users)), columns=LTV_FEATURES)
-    features.loc[ltv["user_pos"].to_numpy(), LTV_FEATURES] = ltv[LTV_FEATURES].fillna(0.0).to_numpy(dtype=float)
+    columns = loaded.scaler.features
+    features = pd.DataFrame(np.nan, index=np.arange(len(fs.users)), columns=columns)
+    features.loc[ltv["user_pos"].to_numpy(), columns] = ltv[columns].fillna(0.0).to_numpy(dtype=float)
     for start in range(0, len(fs.users), group):
         users = [u for u in range(start, min(start + group, len(fs.users))) if fs.cut(u, end) > 0]
         cuts = [fs.cut(u, end) for u in users]

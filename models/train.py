@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from ltvrec.config import SAMPLED_SOFTMAX_ABOVE, RunConfig, ltvrec_home
+from models.ltv_prior import PRIOR_COLUMNS
 from models.data import LTV_FEATURES, RETURN_CODE, FeatureScaler, FeatureSet, Protocol, epoch, pad_left
 from models.checkpoint import warm_start
 from models.metrics import ranking_metrics
@@ -80,11 +81,15 @@ class TrainingExamples(Dataset):
             self.ltv_types = torch.as_tensor(pad_left(l_types, length))
             self.ltv_feats = torch.as_tensor(scaler.transform(ltv))
             self.ltv_label = torch.as_tensor(ltv["label_value"].to_numpy(dtype=np.float32))
+            if "ltv_prior" in scaler.features:  # the head corrects the prior (models/ltv_prior.py)
+                self.ltv_prior = torch.as_tensor(ltv["ltv_prior"].to_numpy(dtype=np.float32))
         else:  # no customers (e.g. ratings-only data): the LTV loss is masked out
             self.ltv_items = torch.ones(1, length, dtype=torch.long)
             self.ltv_types = torch.ones(1, length, dtype=torch.long)
             self.ltv_feats = torch.zeros(1, scaler.mean.shape[0])
             self.ltv_label = torch.zeros(1)
+            if "ltv_prior" in scaler.features:
+                self.ltv_prior = torch.ones(1)
         if not (self.has_rec or self.has_ltv):
             raise ValueError(f"nothing to train on before the validation window ({protocol_name} protocol): no user has "
                              "a new item after a first event and no customer has a purchase before the LTV cut-off")
@@ -94,7 +99,8 @@ class TrainingExamples(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         r, j = i % len(self.items), i % len(self.ltv_label)
-        return {
+        prior = {"ltv_prior": self.ltv_prior[j]} if hasattr(self, "ltv_prior") else {}
+        return prior | {
             "items": self.items[r], "types": self.types[r], "targets": self.targets[r],
             "ltv_items": self.ltv_items[j], "ltv_types": self.ltv_types[j], "ltv_feats": self.ltv_feats[j],
             "ltv_label": self.ltv_label[j], "ltv_mask": torch.tensor(float(self.has_ltv)),
@@ -181,8 +187,11 @@ def main(argv: list[str] | None = None) -> None:
 
     fs = FeatureSet.load(run_dir / "features")
     train_ltv = pd.concat([fs.ltv_frame(name) for name in fs.ltv_train_cutoffs()], ignore_index=True)
-    scaler = FeatureScaler.fit(train_ltv) if len(train_ltv) else FeatureScaler(
-        mean=np.zeros(len(LTV_FEATURES)), std=np.ones(len(LTV_FEATURES)))
+    # the prior (models/ltv_prior.py, fitted by the ltv_prior stage) enters as mu's offset and as features
+    use_prior = cfg.ltv_prior and "ltv_prior" in fs.ltv.columns
+    features = LTV_FEATURES + (PRIOR_COLUMNS if use_prior else [])
+    scaler = FeatureScaler.fit(train_ltv, features) if len(train_ltv) else FeatureScaler(
+        mean=np.zeros(len(features)), std=np.ones(len(features)), features=features)
     protocol = Protocol.build(fs, cfg.eval_protocol)
     data = TrainingExamples(fs, cfg, scaler, protocol.train_end, protocol.name)
     item_text = None
@@ -195,7 +204,8 @@ def main(argv: list[str] | None = None) -> None:
         item_text = np.load(text_path)
     mcfg = ModelConfig(n_items=fs.n_items, n_ltv_features=len(scaler.mean), max_len=cfg.max_seq_len,
                        d_model=cfg.d_model, n_heads=cfg.n_heads, n_layers=cfg.n_layers, dropout=cfg.dropout,
-                       text_dim=0 if item_text is None else item_text.shape[1], ltv_sigma_max=cfg.ltv_sigma_max or None)
+                       text_dim=0 if item_text is None else item_text.shape[1], ltv_sigma_max=cfg.ltv_sigma_max or None,
+                       ltv_user_dim=cfg.ltv_user_dim, ltv_prior=use_prior, ltv_correction_weight=cfg.ltv_correction_weight if use_prior else 1.0)
     model = SeqRecModel(mcfg)
     if item_text is not None:
         model.item_text.copy_(torch.as_tensor(item_text))

@@ -28,7 +28,7 @@ def test_retries_tags_and_failure_callback(dagbag):
 
 def test_stage_order(dagbag):
     dag = dagbag.dags["ltvrec_batch"]
-    order = ["prepare", "ingest", "gate_raw", "dbt_build", "gate_cleaned", "features", "gate_features", "train",
+    order = ["prepare", "ingest", "gate_raw", "dbt_build", "gate_cleaned", "features", "gate_features", "ltv_prior", "train",
              "evaluate", "register", "score", "gate_scores", "publish", "summarize"]
     assert set(dag.task_ids) == set(order) | {"als_baseline"}
     for upstream, downstream in zip(order, order[1:]):
