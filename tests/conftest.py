@@ -50,3 +50,33 @@ def pytest_configure(config):
     os.environ.setdefault("AIRFLOW_HOME", home)
     os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
     os.environ.setdefault("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{home}/airflow.db")
+
+
+@pytest.fixture(scope="session")
+def spark_features():
+    """Runs jobs/features.py (spark-submit, local mode) on hand-made events (user, item, type, ts, amount) and
+    items; returns its output folder. As of 2024-04-09, with H = 30 days and a 7-day holdout."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pandas as pd
+
+    from ltvrec.config import PROJECT_ROOT
+
+    def run(tmp: Path, events: list[tuple], items: pd.DataFrame) -> Path:
+        ev = pd.DataFrame(events, columns=["user_id", "item_id", "event_type", "event_ts", "amount"])
+        ev["event_ts"] = pd.to_datetime(ev["event_ts"]).astype("datetime64[us]")
+        ev["event_id"] = range(1, len(ev) + 1)
+        ev["quantity"], ev["unit_price"] = 1.0, ev["amount"].abs()
+        ev.to_parquet(tmp / "fct_events.parquet")
+        items.to_parquet(tmp / "dim_items.parquet")
+        cmd = [str(Path(sys.executable).parent / "spark-submit"), "--master", "local[1]", "--conf", "spark.ui.enabled=false",
+               str(PROJECT_ROOT / "jobs" / "features.py"), "--events", str(tmp / "fct_events.parquet"),
+               "--items", str(tmp / "dim_items.parquet"), "--out", str(tmp / "out"), "--as-of", "2024-04-09",
+               "--horizon-days", "30", "--holdout-days", "7"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYSPARK_PYTHON": sys.executable})
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return tmp / "out"
+
+    return run

@@ -1,17 +1,11 @@
 """BTYD baseline: the Spark job's BG/NBD summary columns, and BG/NBD + Gamma-Gamma (PyMC-Marketing, MAP) predictions."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from scipy.stats import spearmanr
 
-from ltvrec.config import PROJECT_ROOT
 from models.btyd import bgnbd_gamma_gamma
 
 BTYD_COLS = ["btyd_frequency", "btyd_recency", "btyd_T", "btyd_monetary_value"]
@@ -46,22 +40,11 @@ EXPECTED = {  # (cutoff, user): frequency, recency, T, monetary_value
 
 
 @pytest.fixture(scope="module")
-def ltv_features(tmp_path_factory) -> pd.DataFrame:
-    tmp = tmp_path_factory.mktemp("btyd_features")
-    ev = pd.DataFrame(EVENTS, columns=["user_id", "item_id", "event_type", "event_ts", "amount"])
-    ev["event_ts"] = pd.to_datetime(ev["event_ts"]).astype("datetime64[us]")
-    ev["event_id"] = range(1, len(ev) + 1)
-    ev["quantity"], ev["unit_price"] = 1.0, ev["amount"].abs()
-    ev.to_parquet(tmp / "fct_events.parquet")
-    pd.DataFrame({"item_id": ["i1", "i2", "i3"], "title": ["A", "B", "C"], "category": ["x"] * 3,
-                  "price": [10.0, 7.0, 30.0]}).to_parquet(tmp / "dim_items.parquet")
-    cmd = [str(Path(sys.executable).parent / "spark-submit"), "--master", "local[1]", "--conf", "spark.ui.enabled=false",
-           str(PROJECT_ROOT / "jobs" / "features.py"), "--events", str(tmp / "fct_events.parquet"),
-           "--items", str(tmp / "dim_items.parquet"), "--out", str(tmp / "out"), "--as-of", "2024-04-09",
-           "--horizon-days", "30", "--holdout-days", "7"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYSPARK_PYTHON": sys.executable})
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return pq.read_table(tmp / "out" / "ltv_features").to_pandas().set_index(["cutoff", "user_id"])
+def ltv_features(tmp_path_factory, spark_features) -> pd.DataFrame:
+    items = pd.DataFrame({"item_id": ["i1", "i2", "i3"], "title": ["A", "B", "C"], "category": ["x"] * 3,
+                          "price": [10.0, 7.0, 30.0]})
+    out = spark_features(tmp_path_factory.mktemp("btyd_features"), EVENTS, items)
+    return pq.read_table(out / "ltv_features").to_pandas().set_index(["cutoff", "user_id"])
 
 
 def test_spark_btyd_summary_matches_hand_computed_values(ltv_features):

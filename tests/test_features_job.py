@@ -1,8 +1,6 @@
 """The Spark feature job, run with spark-submit in local mode on a hand-made mart."""
 
 import json
-import subprocess
-import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -10,7 +8,6 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from ltvrec.config import PROJECT_ROOT
 
 EVENTS = [  # user, item, type, ts, amount
     ("a", "i1", "view", "2024-01-01 10:00", 0.0),
@@ -24,22 +21,11 @@ EVENTS = [  # user, item, type, ts, amount
 
 
 @pytest.fixture(scope="module")
-def features(tmp_path_factory) -> Path:
-    tmp = tmp_path_factory.mktemp("features")
-    ev = pd.DataFrame(EVENTS, columns=["user_id", "item_id", "event_type", "event_ts", "amount"])
-    ev["event_ts"] = pd.to_datetime(ev["event_ts"]).astype("datetime64[us]")
-    ev["event_id"] = range(1, len(ev) + 1)
-    ev["quantity"], ev["unit_price"] = 1.0, ev["amount"].abs()
-    ev.to_parquet(tmp / "fct_events.parquet")
-    pd.DataFrame({"item_id": ["i1", "i2", "i3", "i4"], "title": ["A", "B", "C", "D"], "category": ["x"] * 4,
-                  "price": [10.0, 7.0, 30.0, 1.0], "in_stock": [True, True, False, True]}).to_parquet(tmp / "dim_items.parquet")
-    cmd = [str(Path(sys.executable).parent / "spark-submit"), "--master", "local[1]", "--conf", "spark.ui.enabled=false",
-           str(PROJECT_ROOT / "jobs" / "features.py"), "--events", str(tmp / "fct_events.parquet"),
-           "--items", str(tmp / "dim_items.parquet"), "--out", str(tmp / "out"), "--as-of", "2024-04-09",
-           "--horizon-days", "30", "--holdout-days", "7"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**__import__("os").environ, "PYSPARK_PYTHON": sys.executable})
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return tmp / "out"
+def features(tmp_path_factory, spark_features) -> Path:
+    items = pd.DataFrame({"item_id": ["i1", "i2", "i3", "i4"], "title": ["A", "B", "C", "D"], "category": ["x"] * 4,
+                          "price": [10.0, 7.0, 30.0, 1.0], "in_stock": [True, True, False, True]})
+    out = spark_features(tmp_path_factory.mktemp("features"), EVENTS, items)
+    return out
 
 
 def test_split_cutoffs(features):

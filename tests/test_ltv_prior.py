@@ -2,9 +2,6 @@
 rows, and the ZILN head that corrects it (offset, shrunk correction) against hand-computed values."""
 
 import math
-import os
-import subprocess
-import sys
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -15,7 +12,6 @@ import pytest
 import torch
 
 from jobs.features import reference_cutoffs
-from ltvrec.config import PROJECT_ROOT
 from models.data import LEGACY_LTV_FEATURES, LTV_FEATURES, FeatureScaler
 from models.ltv_prior import PRIOR_COLUMNS, SEASON_CLIP, fit_prior, seasonal_factors
 from models.sasrec import ModelConfig, SeqRecModel
@@ -40,22 +36,11 @@ EVENTS = [  # user, item, type, ts, amount
 
 
 @pytest.fixture(scope="module")
-def features(tmp_path_factory) -> Path:
-    tmp = tmp_path_factory.mktemp("prior_features")
-    ev = pd.DataFrame(EVENTS, columns=["user_id", "item_id", "event_type", "event_ts", "amount"])
-    ev["event_ts"] = pd.to_datetime(ev["event_ts"]).astype("datetime64[us]")
-    ev["event_id"] = range(1, len(ev) + 1)
-    ev["quantity"], ev["unit_price"] = 1.0, ev["amount"].abs()
-    ev.to_parquet(tmp / "fct_events.parquet")
-    pd.DataFrame({"item_id": ["i1", "i2", "i3"], "title": ["A", "B", "C"], "category": ["x"] * 3,
-                  "price": [10.0, 7.0, 30.0]}).to_parquet(tmp / "dim_items.parquet")
-    cmd = [str(Path(sys.executable).parent / "spark-submit"), "--master", "local[1]", "--conf", "spark.ui.enabled=false",
-           str(PROJECT_ROOT / "jobs" / "features.py"), "--events", str(tmp / "fct_events.parquet"),
-           "--items", str(tmp / "dim_items.parquet"), "--out", str(tmp / "out"), "--as-of", "2024-04-09",
-           "--horizon-days", "30", "--holdout-days", "7"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYSPARK_PYTHON": sys.executable})
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return tmp / "out"
+def features(tmp_path_factory, spark_features) -> Path:
+    items = pd.DataFrame({"item_id": ["i1", "i2", "i3"], "title": ["A", "B", "C"], "category": ["x"] * 3,
+                          "price": [10.0, 7.0, 30.0]})
+    out = spark_features(tmp_path_factory.mktemp("prior_features"), EVENTS, items)
+    return out
 
 
 def test_reference_cutoffs_are_a_year_back_and_need_history():
