@@ -32,9 +32,9 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from ltvrec.config import SAMPLED_SOFTMAX_ABOVE, RunConfig, ltvrec_home
-from models.ltv_prior import PRIOR_COLUMNS
-from models.data import LTV_FEATURES, RETURN_CODE, FeatureScaler, FeatureSet, Protocol, epoch, pad_left
 from models.checkpoint import warm_start
+from models.data import LTV_FEATURES, RETURN_CODE, FeatureScaler, FeatureSet, Protocol, epoch, pad_left
+from models.ltv_prior import PRIOR_COLUMNS
 from models.metrics import ranking_metrics
 from models.ranking import model_topk
 from models.sasrec import ModelConfig, SeqRecModel
