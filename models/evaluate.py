@@ -68,28 +68,34 @@ def predict_ltv(fs: FeatureSet, loaded: LoadedModel, cutoff: str):
     frame = fs.ltv_frame(cutoff)
     if frame.empty:
         return frame, np.zeros(0), np.zeros(0)
-    _, own_items, own_types = fs.histories(epoch(fs.split["ltv_cutoffs"][cutoff]), frame["user_pos"].to_numpy())
-    its, tys = to_model_index(remap(fs.item_ids, loaded), own_items, own_types)
+    model = loaded.model
+    if model.cfg.ltv_user_dim:  # the head reads the user vector: encode each customer's history before the cut-off
+        _, own_items, own_types = fs.histories(epoch(fs.split["ltv_cutoffs"][cutoff]), frame["user_pos"].to_numpy())
+        its, tys = to_model_index(remap(fs.item_ids, loaded), own_items, own_types)
     feats = torch.as_tensor(loaded.scaler.transform(frame))
-    prior = ltv_prior(frame, loaded)
+    prior = ltv_prior(frame, model)
     p_all, ev_all = [], []
     for s in range(0, len(frame), 2048):
-        x = torch.as_tensor(pad_left(its[s : s + 2048], loaded.model.cfg.max_len))
-        t = torch.as_tensor(pad_left(tys[s : s + 2048], loaded.model.cfg.max_len))
-        h = loaded.model.encode(x, t)[:, -1]
-        p, ev = loaded.model.ltv_estimate(h, feats[s : s + 2048], None if prior is None else prior[s : s + 2048])
+        h = None
+        if model.cfg.ltv_user_dim:
+            x = torch.as_tensor(pad_left(its[s : s + 2048], model.cfg.max_len))
+            t = torch.as_tensor(pad_left(tys[s : s + 2048], model.cfg.max_len))
+            h = model.encode(x, t)[:, -1]
+        p, ev = model.ltv_estimate(h, feats[s : s + 2048], None if prior is None else prior[s : s + 2048])
         p_all.append(p.numpy()), ev_all.append(ev.numpy())
     return frame, np.concatenate(p_all).astype(float), np.concatenate(ev_all).astype(float)
 
 
-def ltv_prior(frame, loaded: LoadedModel) -> torch.Tensor | None:
-    """The customers' prior values when the model's LTV head corrects a prior (models/ltv_prior.py), else None."""
-    if not loaded.model.cfg.ltv_prior:
+def ltv_prior(frame, model) -> torch.Tensor | None:
+    """The customers' prior values (rows of `frame`) when the model's LTV head corrects a prior
+    (models/ltv_prior.py), else None. Every customer needs one, > 0 (missing, NaN or 0 raise)."""
+    if not model.cfg.ltv_prior:
         return None
-    if "ltv_prior" not in frame or frame["ltv_prior"].isna().any():
-        raise ValueError("the model's LTV head corrects a prior, but the features have no ltv_prior for every "
+    values = frame["ltv_prior"].to_numpy(dtype=np.float32) if "ltv_prior" in frame else None
+    if values is None or not (values > 0).all():
+        raise ValueError("the model's LTV head corrects a prior, but the features have no ltv_prior > 0 for every "
                          "customer: run the ltv_prior stage (models/ltv_prior.py) on them")
-    return torch.as_tensor(frame["ltv_prior"].to_numpy(dtype=np.float32))
+    return torch.as_tensor(values)
 
 
 def ltv_predictions(fs: FeatureSet, loaded: LoadedModel, with_btyd: bool = True):

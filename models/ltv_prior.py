@@ -33,14 +33,14 @@ PRIOR_FLOOR_SHARE = 0.01  # a customer's prior is at least 1% of the cut-off's m
 
 def btyd_predictions(frame: pd.DataFrame, horizon_days: float) -> pd.DataFrame:
     """BG/NBD + Gamma-Gamma (PyMC-Marketing, MAP) fitted on the customers of one cut-off (`btyd_*` summary columns
-    of jobs/features.py): p_alive, expected_purchases, expected_value, aligned with `frame`."""
+    of jobs/features.py): user_id, p_alive, expected_purchases, expected_value, aligned with `frame`."""
     from models.btyd import bgnbd_gamma_gamma
 
     summary = frame[["user_id", "btyd_frequency", "btyd_recency", "btyd_T", "btyd_monetary_value"]].rename(
         columns=lambda c: c.removeprefix("btyd_"))
     summary["monetary_value"] = summary["monetary_value"].clip(lower=0.0)  # net of returns it can dip below 0
     predicted = bgnbd_gamma_gamma(summary, horizon_days).set_index("user_id").reindex(frame["user_id"]).fillna(0.0)
-    return predicted.reset_index(drop=True)
+    return predicted.reset_index()
 
 
 def seasonal_factors(ltv: pd.DataFrame, btyd: dict[str, pd.DataFrame], cutoffs: list[str]) -> dict[str, float]:
@@ -67,7 +67,6 @@ def fit_prior(ltv: pd.DataFrame, horizon_days: float) -> tuple[pd.DataFrame, dic
     btyd = {}
     for name, frame in ltv.groupby("cutoff", sort=True):
         btyd[name] = btyd_predictions(frame.reset_index(drop=True), horizon_days)
-        btyd[name].insert(0, "user_id", frame["user_id"].to_numpy())
     cutoffs = [c for c in btyd if not c.startswith("ref_")]
     factors = seasonal_factors(ltv, btyd, cutoffs)
     rows = []

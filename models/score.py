@@ -20,7 +20,7 @@ import torch
 
 from models.checkpoint import LoadedModel
 from models.data import FeatureSet, epoch
-from models.evaluate import remap, to_model_index
+from models.evaluate import ltv_prior, remap, to_model_index
 from models.ranking import model_topk
 
 RECS_SCHEMA = pa.schema([("user_id", pa.string()), ("rank", pa.int32()), ("item_id", pa.string()), ("score", pa.float64())])
@@ -141,12 +141,8 @@ class Scorer:
         if customers.any():
             rows = ltv_features[customers]
             feats = torch.as_tensor(self.scaler.transform(rows), device=self.device)
-            prior = None
-            if self.model.cfg.ltv_prior:
-                prior = rows["ltv_prior"].to_numpy(dtype=np.float32)
-                if not (prior > 0).all():
-                    raise ValueError("ltv_prior must be > 0 for every customer (models/ltv_prior.py)")
-                prior = torch.as_tensor(prior, device=self.device)
+            prior = ltv_prior(rows, self.model)
+            prior = None if prior is None else prior.to(self.device)
             h = user_vecs[torch.from_numpy(customers.copy()).to(user_vecs.device)].float()
             p, ev = (t.float() for t in self.model.ltv_estimate(h, feats, prior))
             p_all, ev_all = p.cpu().numpy().astype(np.float64), ev.cpu().numpy().astype(np.float64)

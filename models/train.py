@@ -81,15 +81,14 @@ class TrainingExamples(Dataset):
             self.ltv_types = torch.as_tensor(pad_left(l_types, length))
             self.ltv_feats = torch.as_tensor(scaler.transform(ltv))
             self.ltv_label = torch.as_tensor(ltv["label_value"].to_numpy(dtype=np.float32))
-            if "ltv_prior" in scaler.features:  # the head corrects the prior (models/ltv_prior.py)
-                self.ltv_prior = torch.as_tensor(ltv["ltv_prior"].to_numpy(dtype=np.float32))
         else:  # no customers (e.g. ratings-only data): the LTV loss is masked out
             self.ltv_items = torch.ones(1, length, dtype=torch.long)
             self.ltv_types = torch.ones(1, length, dtype=torch.long)
             self.ltv_feats = torch.zeros(1, scaler.mean.shape[0])
             self.ltv_label = torch.zeros(1)
-            if "ltv_prior" in scaler.features:
-                self.ltv_prior = torch.ones(1)
+        self.ltv_prior = None  # set where the head corrects the prior (models/ltv_prior.py)
+        if "ltv_prior" in scaler.features:
+            self.ltv_prior = torch.as_tensor(ltv["ltv_prior"].to_numpy(dtype=np.float32)) if self.has_ltv else torch.ones(1)
         if not (self.has_rec or self.has_ltv):
             raise ValueError(f"nothing to train on before the validation window ({protocol_name} protocol): no user has "
                              "a new item after a first event and no customer has a purchase before the LTV cut-off")
@@ -99,7 +98,7 @@ class TrainingExamples(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         r, j = i % len(self.items), i % len(self.ltv_label)
-        prior = {"ltv_prior": self.ltv_prior[j]} if hasattr(self, "ltv_prior") else {}
+        prior = {} if self.ltv_prior is None else {"ltv_prior": self.ltv_prior[j]}
         return prior | {
             "items": self.items[r], "types": self.types[r], "targets": self.targets[r],
             "ltv_items": self.ltv_items[j], "ltv_types": self.ltv_types[j], "ltv_feats": self.ltv_feats[j],
