@@ -111,6 +111,26 @@ def test_sampled_softmax_with_all_items_and_uniform_q_equals_full_softmax():
     assert sampled_softmax_loss(hidden, targets, items, negatives, log_q).item() == pytest.approx(full.item(), rel=1e-5)
 
 
+@pytest.mark.parametrize("chunk_rows", [3, 256])
+def test_chunked_full_softmax_matches_cross_entropy_in_value_and_gradients(chunk_rows):
+    from models.sasrec import full_softmax_loss
+
+    torch.manual_seed(0)
+    hidden = torch.randn(10, 8, dtype=torch.float64, requires_grad=True)
+    items = torch.randn(12, 8, dtype=torch.float64, requires_grad=True)
+    targets = torch.tensor([1, 4, 4, 7, 11, 2, 2, 9, 10, 3])
+    loss = full_softmax_loss(hidden, targets, items, chunk_rows)
+    grads = torch.autograd.grad(2.5 * loss, [hidden, items])
+    logits = hidden @ items.T
+    logits = torch.cat([torch.full_like(logits[:, :1], float("-inf")), logits[:, 1:]], dim=1)  # padding never wins
+    expected = torch.nn.functional.cross_entropy(logits, targets)
+    expected_grads = torch.autograd.grad(2.5 * expected, [hidden, items])
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-12)
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want)
+    assert grads[1][0].abs().max() == 0  # the padding row gets no gradient
+
+
 def test_logq_correction_favours_rarely_sampled_items():
     from models.sasrec import sampled_softmax_loss
 
