@@ -82,6 +82,7 @@ default_args = {
         "score_chunk_users": Param(None, type=["null", "integer"], minimum=1,
                                    description="users scored per chunk; default: chosen from the memory available"),
         "item_text": Param(True, type="boolean", description="embed item titles with the pretrained sentence model"),
+        "time_gaps": Param(False, type="boolean", description="embed the time since each event's predecessor"),
         "synthetic_users": Param(2000, type="integer", minimum=1),
         "warehouse_url": Param(None, type=["null", "string"], description="default: $LTVREC_WAREHOUSE_URL or DuckDB"),
         "warehouse_conn_id": Param(None, type=["null", "string"],

@@ -44,7 +44,7 @@ def _scorer(checkpoint: bytes, catalogue: dict, top_n: int, rank_by: str, max_pe
 
 
 def score_partitions(checkpoint, catalogue, top_n: int, rank_by: str, max_per_category: int | None = None):
-    """mapInArrow function: batches of (user_id, items, types, LTV features...) -> recommendation and LTV rows."""
+    """mapInArrow function: batches of (user_id, items, types, ts, LTV features...) -> recommendation and LTV rows."""
 
     def run(batches):
         import numpy as np
@@ -56,8 +56,9 @@ def score_partitions(checkpoint, catalogue, top_n: int, rank_by: str, max_per_ca
             users = batch.column("user_id").to_numpy(zero_copy_only=False)
             items = [np.asarray(x, dtype=np.int64) for x in batch.column("items").to_pylist()]
             types = [np.asarray(x, dtype=np.int64) for x in batch.column("types").to_pylist()]
+            ts = [np.asarray(x, dtype=np.int64) for x in batch.column("ts").to_pylist()]
             features = pa.Table.from_batches([batch.select(catalogue.value["ltv_columns"])]).to_pandas()
-            recs, ltv = scorer.score(users, items, types, features)
+            recs, ltv = scorer.score(users, items, types, features, ts)
             n, m = recs.num_rows, ltv.num_rows
             yield pa.RecordBatch.from_arrays([
                 pa.array(["rec"] * n, pa.string()), recs.column("user_id"), recs.column("rank"), recs.column("item_id"),
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
         "item_ids": [r.item_id for r in items], "categories": [r.category for r in items],
         "recommendable": [r.item_id for r in items if r.in_stock is not False], "ltv_columns": ltv_columns})
 
-    sequences = spark.read.parquet(f"{args.features}/sequences").select("user_id", "items", "types")
+    sequences = spark.read.parquet(f"{args.features}/sequences").select("user_id", "items", "types", "ts")
     ltv = spark.read.parquet(f"{args.features}/ltv_features").where(F.col("cutoff") == "score")
     if Path(args.features, PRIOR_FILE).exists():  # the prior's columns (models/ltv_prior.py)
         ltv = ltv.join(spark.read.parquet(f"{args.features}/{PRIOR_FILE}").where(F.col("cutoff") == "score")

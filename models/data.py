@@ -125,6 +125,10 @@ class FeatureSet:
         """Items and types of each given user's first ends[u] events."""
         return [self.items[u][: ends[u]] for u in users], [self.types[u][: ends[u]] for u in users]
 
+    def prefix_times(self, ends: np.ndarray, users: np.ndarray) -> list[np.ndarray]:
+        """Event times (epoch seconds) of each given user's first ends[u] events, aligned with prefixes()."""
+        return [self.ts[u][: ends[u]] for u in users]
+
     def ltv_train_cutoffs(self) -> list[str]:
         """Names of the LTV training cut-offs (train = D-2H, then train_1 = D-3H, ...)."""
         return [name for name in self.split["ltv_cutoffs"] if name == "train" or name.startswith("train_")]

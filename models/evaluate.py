@@ -26,11 +26,14 @@ def remap(run_item_ids, loaded: LoadedModel) -> np.ndarray:
     return np.array([0] + [model_index.get(i, 0) for i in run_item_ids], dtype=np.int64)
 
 
-def to_model_index(mapping: np.ndarray, items: list[np.ndarray], types: list[np.ndarray]):
-    """Histories in the model's item indices through `remap`'s map (items the model does not know are dropped)."""
+def to_model_index(mapping: np.ndarray, items: list[np.ndarray], types: list[np.ndarray],
+                   ts: list[np.ndarray] | None = None):
+    """(items, types, ts) of histories in the model's item indices through `remap`'s map; the events of items
+    the model does not know are dropped. `ts` (event times) may be None, and then stays None."""
     mapped = [mapping[np.asarray(i, dtype=np.int64)] for i in items]
     keep = [m > 0 for m in mapped]
-    return [m[k] for m, k in zip(mapped, keep)], [np.asarray(t, dtype=np.int64)[k] for t, k in zip(types, keep)]
+    times = None if ts is None else [np.asarray(t, dtype=np.int64)[k] for t, k in zip(ts, keep)]
+    return [m[k] for m, k in zip(mapped, keep)], [np.asarray(t, dtype=np.int64)[k] for t, k in zip(types, keep)], times
 
 
 def evaluate_recommendations(fs: FeatureSet, loaded: LoadedModel, protocol: Protocol,
@@ -40,8 +43,9 @@ def evaluate_recommendations(fs: FeatureSet, loaded: LoadedModel, protocol: Prot
     if len(users) == 0:
         return {}
     own_items, own_types = fs.prefixes(protocol.valid_end, users)
-    its, tys = to_model_index(remap(fs.item_ids, loaded), own_items, own_types)
-    topk_model, _, _ = model_topk(loaded.model, its, tys, k=max(KS))
+    its, tys, times = to_model_index(remap(fs.item_ids, loaded), own_items, own_types,
+                                     fs.prefix_times(protocol.valid_end, users))
+    topk_model, _, _ = model_topk(loaded.model, its, tys, k=max(KS), ts=times)
     run_index = {item: i + 1 for i, item in enumerate(fs.item_ids)}
     to_run = np.array([0] + [run_index.get(i, 0) for i in loaded.item_ids], dtype=np.int64)
     n, price = fs.n_items - 1, fs.item_price
@@ -51,7 +55,7 @@ def evaluate_recommendations(fs: FeatureSet, loaded: LoadedModel, protocol: Prot
 
     results = {"model": metrics(to_run[topk_model])}
     if (loaded.item_price > 0).any():  # value-aware ranking (rank_by=expected_value), where items have prices
-        topk_value, _, _ = model_topk(loaded.model, its, tys, k=max(KS), item_value=loaded.item_price)
+        topk_value, _, _ = model_topk(loaded.model, its, tys, k=max(KS), item_value=loaded.item_price, ts=times)
         results["model_expected_value"] = metrics(to_run[topk_value])
     counts = np.bincount(np.concatenate(own_items), minlength=fs.n_items).astype(float)
     results["popularity"] = metrics(popularity_topk(counts, own_items, k=max(KS)))
@@ -70,8 +74,9 @@ def predict_ltv(fs: FeatureSet, loaded: LoadedModel, cutoff: str):
         return frame, np.zeros(0), np.zeros(0)
     model = loaded.model
     if model.cfg.ltv_user_dim:  # the head reads the user vector: encode each customer's history before the cut-off
-        _, own_items, own_types = fs.histories(epoch(fs.split["ltv_cutoffs"][cutoff]), frame["user_pos"].to_numpy())
-        its, tys = to_model_index(remap(fs.item_ids, loaded), own_items, own_types)
+        users, own_items, own_types = fs.histories(epoch(fs.split["ltv_cutoffs"][cutoff]), frame["user_pos"].to_numpy())
+        own_ts = [fs.ts[u][: len(x)] for u, x in zip(users, own_items)]
+        its, tys, times = to_model_index(remap(fs.item_ids, loaded), own_items, own_types, own_ts)
     feats = torch.as_tensor(loaded.scaler.transform(frame))
     prior = ltv_prior(frame, model)
     p_all, ev_all = [], []
@@ -80,7 +85,8 @@ def predict_ltv(fs: FeatureSet, loaded: LoadedModel, cutoff: str):
         if model.cfg.ltv_user_dim:
             x = torch.as_tensor(pad_left(its[s : s + 2048], model.cfg.max_len))
             t = torch.as_tensor(pad_left(tys[s : s + 2048], model.cfg.max_len))
-            h = model.encode(x, t)[:, -1]
+            ts = torch.as_tensor(pad_left(times[s : s + 2048], model.cfg.max_len))
+            h = model.encode(x, t, ts=ts)[:, -1]
         p, ev = model.ltv_estimate(h, feats[s : s + 2048], None if prior is None else prior[s : s + 2048])
         p_all.append(p.numpy()), ev_all.append(ev.numpy())
     return frame, np.concatenate(p_all).astype(float), np.concatenate(ev_all).astype(float)

@@ -29,7 +29,8 @@ def trimmed(seqs: list[np.ndarray], max_len: int) -> np.ndarray:
 
 @torch.no_grad()
 def model_topk(model, items: list[np.ndarray], types: list[np.ndarray], k: int, chunk: int = 1024,
-               item_value: np.ndarray | None = None, allowed: np.ndarray | None = None):
+               item_value: np.ndarray | None = None, allowed: np.ndarray | None = None,
+               ts: list[np.ndarray] | None = None):
     """Top-k (indices, scores) and final user vectors for each history; seen items excluded, and with
     `allowed` (bool by model item index) every item it marks False (e.g. no longer in the catalogue).
 
@@ -37,6 +38,7 @@ def model_topk(model, items: list[np.ndarray], types: list[np.ndarray], k: int, 
     e.g. the catalogue price) they are ranked by expected value instead: P(next new item = i) x value_i, the
     softmax taken over the items the user has not seen; the scores returned are then those expected values,
     and items of value <= 0 are never recommended.
+    `ts`: each history's event times (epoch seconds), needed by a model that embeds time gaps.
     Runs on the model's device (on CUDA under bf16 autocast); results come back as CPU arrays / tensors.
     """
     model.eval()
@@ -60,8 +62,9 @@ def model_topk(model, items: list[np.ndarray], types: list[np.ndarray], k: int, 
         its, tys = [items[r] for r in rows], [types[r] for r in rows]
         x = torch.as_tensor(trimmed(its, model.cfg.max_len), device=device)
         t = torch.as_tensor(trimmed(tys, model.cfg.max_len), device=device)
+        times = None if ts is None else torch.as_tensor(trimmed([ts[r] for r in rows], model.cfg.max_len), device=device)
         with autocast:
-            h = model.encode(x, t, last_only=True, item_vecs=item_vecs)[:, -1]
+            h = model.encode(x, t, last_only=True, item_vecs=item_vecs, ts=times)[:, -1]
             scores = model.item_logits(h, item_vecs).float()
         mask_seen(scores, its)
         if banned is not None:

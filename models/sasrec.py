@@ -27,6 +27,7 @@ class ModelConfig:
     n_layers: int = 2
     dropout: float = 0.2
     text_dim: int = 0  # > 0: item text vectors (buffer `item_text`) are projected and added to item embeddings
+    time_gaps: bool = False  # add an embedding of the time since the previous event (time_gap_buckets)
     ltv_user_dim: int = 8  # the shared user vector enters the LTV head through this bottleneck (0: it does not)
     # upper bound of the lognormal sigma (None: unbounded softplus, as in checkpoints before the bound existed).
     # exp(mu + sigma^2 / 2) explodes for customers outside the training window's range when sigma is free.
@@ -35,6 +36,21 @@ class ModelConfig:
     ltv_prior: bool = False
     # predictions keep this share of the head's correction of the prior, in log space (see ltv_estimate)
     ltv_correction_weight: float = 1.0
+
+
+# codes of the time since the previous event: 0 padding, 1 none (first event of the window), 2 the same second (one
+# basket / invoice), then 3 + floor(log2(1 + minutes)) up to 23 (about two years and more)
+TIME_GAP_BUCKETS = 24
+
+
+def time_gap_buckets(ts: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """(B, L) epoch seconds and real-position mask -> (B, L) time-gap codes (see TIME_GAP_BUCKETS)."""
+    prev_ts = F.pad(ts[:, :-1], (1, 0))
+    prev_valid = F.pad(valid[:, :-1], (1, 0), value=False)
+    minutes = (ts - prev_ts).clamp(min=0).double() / 60.0
+    log_code = 3 + torch.floor(torch.log2(1.0 + minutes)).long().clamp(max=TIME_GAP_BUCKETS - 4)
+    codes = torch.where(minutes == 0, 2, log_code)
+    return torch.where(valid, torch.where(prev_valid, codes, 1), 0)
 
 
 class Block(nn.Module):
@@ -78,6 +94,8 @@ class SeqRecModel(nn.Module):
             self.register_buffer("item_text", torch.zeros(cfg.n_items, cfg.text_dim))
         self.type_emb = nn.Embedding(cfg.n_event_types, cfg.d_model, padding_idx=0)
         self.pos_emb = nn.Embedding(cfg.max_len, cfg.d_model)
+        if cfg.time_gaps:
+            self.gap_emb = nn.Embedding(TIME_GAP_BUCKETS, cfg.d_model, padding_idx=0)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(cfg.d_model)
@@ -99,16 +117,21 @@ class SeqRecModel(nn.Module):
         return self.item_emb.weight
 
     def encode(self, items: torch.Tensor, types: torch.Tensor, last_only: bool = False,
-               item_vecs: torch.Tensor | None = None) -> torch.Tensor:
+               item_vecs: torch.Tensor | None = None, ts: torch.Tensor | None = None) -> torch.Tensor:
         """(B, L) left-padded item / event-type codes, L <= max_len -> (B, L, d) hidden states, or with last_only
         (B, 1, d): the last position's only (the user vector), skipping the final block's other positions.
         The columns are the LAST L of the max_len positions: a batch of short histories may drop leading padding.
-        `item_vecs`: item_vectors() computed once by a caller that encodes many batches without training."""
+        `item_vecs`: item_vectors() computed once by a caller that encodes many batches without training.
+        `ts`: (B, L) event times in epoch seconds, aligned with `items`; required by a model with time_gaps."""
         b, length = items.shape
         valid = items != 0
         pos = torch.arange(self.cfg.max_len - length, self.cfg.max_len, device=items.device)
         item_vecs = self.item_vectors() if item_vecs is None else item_vecs
         x = F.embedding(items, item_vecs) * math.sqrt(self.cfg.d_model) + self.type_emb(types) + self.pos_emb(pos)
+        if self.cfg.time_gaps:
+            if ts is None:
+                raise ValueError("this model embeds the time between events (time_gaps): pass the events' ts")
+            x = x + self.gap_emb(time_gap_buckets(ts, valid))
         x = self.drop(x) * valid.unsqueeze(-1)
         causal = torch.ones(length, length, dtype=torch.bool, device=items.device).tril()
         # a position attends to earlier real positions and always to itself (so padded rows stay finite)
@@ -157,7 +180,7 @@ class SeqRecModel(nn.Module):
         negatives drawn from Q) and `log_q`, sampled softmax with logQ correction. Logits are computed only
         at positions that have a target.
         """
-        h = self.encode(batch["items"], batch["types"])
+        h = self.encode(batch["items"], batch["types"], ts=batch.get("ts"))
         targets = batch["targets"]
         has_target = targets != 0
         if not has_target.any():
@@ -168,7 +191,7 @@ class SeqRecModel(nn.Module):
         else:
             rec_loss = full_softmax_loss(h[has_target], targets[has_target], self.item_vectors())
         # the LTV examples' user vectors, only where the head reads them
-        hl = self.encode(batch["ltv_items"], batch["ltv_types"])[:, -1] if self.cfg.ltv_user_dim else None
+        hl = self.encode(batch["ltv_items"], batch["ltv_types"], ts=batch.get("ltv_ts"))[:, -1] if self.cfg.ltv_user_dim else None
         logit, mu, sigma = self.ltv_params(hl, batch["ltv_feats"], batch.get("ltv_prior"))
         ltv_loss = ziln_loss(logit, mu, sigma, batch["ltv_label"], batch["ltv_mask"])
         return {"rec_loss": rec_loss, "ltv_loss": ltv_loss}

@@ -114,15 +114,17 @@ class Scorer:
 
     @torch.no_grad()
     def score(self, user_ids: np.ndarray, items: list[np.ndarray], types: list[np.ndarray],
-              ltv_features: pd.DataFrame | None = None) -> tuple[pa.RecordBatch, pa.RecordBatch]:
+              ltv_features: pd.DataFrame | None = None, ts: list[np.ndarray] | None = None
+              ) -> tuple[pa.RecordBatch, pa.RecordBatch]:
         """One chunk of users (histories in this run's item indices) -> (recommendation rows, LTV rows).
 
         `ltv_features`: raw LTV features aligned with the users, NaN rows for users who are not customers (no
-        LTV row for them); None: no LTV rows at all. Ranks stop early only where a user has nothing left."""
-        its, tys = to_model_index(self.remap, items, types)
+        LTV row for them); None: no LTV rows at all. `ts`: the events' times (epoch seconds), needed by a model
+        that embeds time gaps. Ranks stop early only where a user has nothing left."""
+        its, tys, times = to_model_index(self.remap, items, types, ts)
         k = self.top_n * (self.CANDIDATES_PER_SLOT if self.max_per_category is not None else 1)
         topk, scores, user_vecs = model_topk(self.model, its, tys, k=k, item_value=self.value,
-                                             allowed=self.allowed, chunk=self.chunk)
+                                             allowed=self.allowed, chunk=self.chunk, ts=times)
         if self.max_per_category is not None:
             topk, scores = cap_per_category(topk, scores, self.categories, self.max_per_category, self.top_n)
         keep = np.isfinite(scores)  # -inf: nothing unseen left to recommend at that rank
@@ -168,7 +170,8 @@ def stream_scores(fs: FeatureSet, loaded: LoadedModel, top_n: int, rank_by: str 
         users = [u for u in range(start, min(start + group, len(fs.users))) if fs.cut(u, end) > 0]
         cuts = [fs.cut(u, end) for u in users]
         yield scorer.score(fs.users[users], [fs.items[u][:n] for u, n in zip(users, cuts)],
-                           [fs.types[u][:n] for u, n in zip(users, cuts)], features.iloc[users].reset_index(drop=True))
+                           [fs.types[u][:n] for u, n in zip(users, cuts)], features.iloc[users].reset_index(drop=True),
+                           [fs.ts[u][:n] for u, n in zip(users, cuts)])
 
 
 def score_recommendations(fs: FeatureSet, loaded: LoadedModel, top_n: int, rank_by: str = "relevance",

@@ -46,7 +46,7 @@ class TrainingExamples(Dataset):
 
     def __init__(self, fs: FeatureSet, cfg: RunConfig, scaler: FeatureScaler, ends: np.ndarray, protocol_name: str):
         length = cfg.max_seq_len
-        inputs, types, targets = [], [], []
+        inputs, types, targets, times = [], [], [], []
         for u in range(len(fs.users)):
             end = int(ends[u])
             target = position_targets(fs.items[u][:end], fs.types[u][:end], fs.ts[u][:end], cfg.target,
@@ -56,13 +56,16 @@ class TrainingExamples(Dataset):
                 start = max(0, stop - length)
                 if target[start:stop].any():
                     inputs.append(fs.items[u][start:stop]), types.append(fs.types[u][start:stop])
-                    targets.append(target[start:stop])
+                    targets.append(target[start:stop]), times.append(fs.ts[u][start:stop])
                 stop = start
         self.has_rec = bool(inputs)
         if not inputs:  # e.g. a one-item catalogue: every later event repeats an item the user already has
             print(f"no next-item targets before the validation window ({protocol_name} protocol): no user has a "
                   "new item after a first event; the recommender part is skipped, only the LTV head learns", flush=True)
             inputs, types, targets = [np.zeros(1, np.int64)], [np.zeros(1, np.int64)], [np.zeros(1, np.int64)]
+            times = [np.zeros(1, np.int64)]
+        # event times only where the model embeds the time between events (cfg.time_gaps)
+        self.ts = torch.as_tensor(pad_left(times, length)) if cfg.time_gaps else None
         self.items = torch.as_tensor(pad_left(inputs, length))
         self.types = torch.as_tensor(pad_left(types, length))
         self.targets = torch.as_tensor(pad_left(targets, length))
@@ -70,12 +73,14 @@ class TrainingExamples(Dataset):
         # every training cut-off's customers, each with the history before that cut-off
         frames = [fs.ltv_frame(name) for name in fs.ltv_train_cutoffs()]
         ltv = pd.concat(frames, ignore_index=True)
-        l_items, l_types = [], []
+        l_items, l_types, l_ts = [], [], []
         for name, frame in zip(fs.ltv_train_cutoffs(), frames):
-            _, its, tys = fs.histories(epoch(fs.split["ltv_cutoffs"][name]), frame["user_pos"].to_numpy())
+            users, its, tys = fs.histories(epoch(fs.split["ltv_cutoffs"][name]), frame["user_pos"].to_numpy())
             l_items += its
             l_types += tys
+            l_ts += [fs.ts[u][: len(x)] for u, x in zip(users, its)]
         self.has_ltv = len(ltv) > 0
+        self.ltv_ts = torch.as_tensor(pad_left(l_ts or [np.zeros(1, np.int64)], length)) if cfg.time_gaps else None
         if self.has_ltv:
             self.ltv_items = torch.as_tensor(pad_left(l_items, length))
             self.ltv_types = torch.as_tensor(pad_left(l_types, length))
@@ -98,8 +103,10 @@ class TrainingExamples(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         r, j = i % len(self.items), i % len(self.ltv_label)
-        prior = {} if self.ltv_prior is None else {"ltv_prior": self.ltv_prior[j]}
-        return prior | {
+        extra = {} if self.ltv_prior is None else {"ltv_prior": self.ltv_prior[j]}
+        if self.ts is not None:
+            extra |= {"ts": self.ts[r], "ltv_ts": self.ltv_ts[j]}
+        return extra | {
             "items": self.items[r], "types": self.types[r], "targets": self.targets[r],
             "ltv_items": self.ltv_items[j], "ltv_types": self.ltv_types[j], "ltv_feats": self.ltv_feats[j],
             "ltv_label": self.ltv_label[j], "ltv_mask": torch.tensor(float(self.has_ltv)),
@@ -150,7 +157,7 @@ def validate(model: SeqRecModel, fs: FeatureSet, protocol: Protocol, max_users: 
     if len(users) == 0:
         return {}
     its, tys = fs.prefixes(protocol.train_end, users)
-    topk, _, _ = model_topk(model, its, tys, k=10)
+    topk, _, _ = model_topk(model, its, tys, k=10, ts=fs.prefix_times(protocol.train_end, users))
     return ranking_metrics(topk, targets, ks=(10,))
 
 
@@ -203,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
         item_text = np.load(text_path)
     mcfg = ModelConfig(n_items=fs.n_items, n_ltv_features=len(scaler.mean), max_len=cfg.max_seq_len,
                        d_model=cfg.d_model, n_heads=cfg.n_heads, n_layers=cfg.n_layers, dropout=cfg.dropout,
-                       text_dim=0 if item_text is None else item_text.shape[1], ltv_sigma_max=cfg.ltv_sigma_max or None,
+                       text_dim=0 if item_text is None else item_text.shape[1], time_gaps=cfg.time_gaps, ltv_sigma_max=cfg.ltv_sigma_max or None,
                        ltv_user_dim=cfg.ltv_user_dim, ltv_prior=use_prior, ltv_correction_weight=cfg.ltv_correction_weight if use_prior else 1.0)
     model = SeqRecModel(mcfg)
     if item_text is not None:

@@ -38,9 +38,9 @@ def test_round_trip(tmp_path):
 
 def test_defaults_depend_on_the_source_and_explicit_values_win():
     ml = RunConfig.from_dict({"source": "movielens", "path": "/ml-1m"})
-    assert (ml.eval_protocol, ml.max_seq_len, ml.max_train_minutes) == ("leave_one_out", 200, 60.0)
+    assert (ml.eval_protocol, ml.max_seq_len, ml.max_train_minutes, ml.patience) == ("leave_one_out", 200, 60.0, 10)
     retail = RunConfig.from_dict({"source": "online_retail", "path": "/or.parquet"})
-    assert (retail.eval_protocol, retail.max_seq_len, retail.max_train_minutes) == ("temporal", 50, 10.0)
+    assert (retail.eval_protocol, retail.max_seq_len, retail.max_train_minutes, retail.patience) == ("temporal", 50, 10.0, 4)
     mine = RunConfig.from_dict({"source": "movielens", "path": "/ml-1m", "eval_protocol": "temporal", "max_seq_len": 64})
     assert (mine.eval_protocol, mine.max_seq_len) == ("temporal", 64)
 

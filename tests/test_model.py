@@ -47,6 +47,30 @@ def test_padding_is_ignored_and_finite():
     assert torch.isfinite(empty).all()
 
 
+def test_time_gap_buckets_hand_computed():
+    from models.sasrec import TIME_GAP_BUCKETS, time_gap_buckets
+
+    ts = torch.tensor([[0, 0, 1_000, 1_000, 1_030, 1_030 + 3 * 60, 1_210 + 7 * 60, 10**9]])
+    valid = torch.tensor([[False, False, True, True, True, True, True, True]])
+    # padding 0; first real event 1; same second 2; 30 s -> 3 + floor(log2(1.5)) = 3; 3 min -> 3 + 2 = 5;
+    # 7 min -> 3 + 3 = 6; ~31 years -> the last bucket
+    assert time_gap_buckets(ts, valid).tolist() == [[0, 0, 1, 2, 3, 5, 6, TIME_GAP_BUCKETS - 1]]
+
+
+def test_time_gaps_are_embedded_causally_and_required():
+    model = make_model(time_gaps=True)
+    items = torch.tensor([[0, 0, 3, 4, 5, 6, 7, 8]])
+    types = torch.tensor([[0, 0, 1, 1, 3, 1, 2, 3]])
+    ts = torch.tensor([[0, 0, 100, 100, 5_000, 90_000, 90_000, 400_000]])
+    later = ts.clone()
+    later[0, 6:] += 10**7  # the last two events happen months later
+    a, b = model.encode(items, types, ts=ts), model.encode(items, types, ts=later)
+    assert torch.allclose(a[0, :6], b[0, :6], atol=1e-6)  # a future gap never reaches a past position
+    assert not torch.allclose(a[0, 6:], b[0, 6:])  # the gaps are read
+    with pytest.raises(ValueError, match="time_gaps"):
+        model.encode(items, types)
+
+
 def test_ziln_loss_hand_computed():
     logit = torch.tensor([0.0, 0.0])
     mu = torch.tensor([0.0, 1.0])

@@ -50,12 +50,12 @@ def write_features(folder: Path, n_users=40, n_items=30, seed=0) -> Path:
     return folder
 
 
-def checkpoint(fs: FeatureSet, path: Path, extra_items=(), seed=0) -> Path:
+def checkpoint(fs: FeatureSet, path: Path, extra_items=(), seed=0, time_gaps=False) -> Path:
     """A randomly initialised model over this catalogue (plus `extra_items` the run's catalogue lacks)."""
     torch.manual_seed(seed)
     item_ids = list(fs.item_ids) + list(extra_items)
     model = SeqRecModel(ModelConfig(n_items=len(item_ids) + 1, n_ltv_features=len(LTV_FEATURES), max_len=8, d_model=16,
-                                    ltv_sigma_max=2.0))
+                                    ltv_sigma_max=2.0, time_gaps=time_gaps))
     with torch.no_grad():
         model.item_emb.weight.normal_(0, 1.0)  # spread the logits: no near-ties between the two paths
     torch.save({"model": model.state_dict(), "model_config": asdict(model.cfg), "run_config": {}, "item_ids": item_ids,
@@ -72,13 +72,21 @@ def case(tmp_path_factory):
     return folder, fs, ckpt, LoadedModel.from_file(ckpt)
 
 
+@pytest.fixture(scope="module")
+def gap_case(case, tmp_path_factory):
+    """The same features and catalogue, with a model that embeds the time between events."""
+    folder, fs, _, _ = case
+    ckpt = checkpoint(fs, tmp_path_factory.mktemp("gaps") / "model.pt", extra_items=["gone1", "gone2"], time_gaps=True)
+    return folder, fs, ckpt, LoadedModel.from_file(ckpt)
+
+
 def frame(table: pa.Table) -> pd.DataFrame:
     return table.to_pandas().sort_values(list(table.column_names[:2]), ignore_index=True)
 
 
-@pytest.mark.parametrize("rank_by", ["relevance", "expected_value"])
-def test_chunked_scoring_equals_unchunked(case, rank_by):
-    _, fs, _, loaded = case
+@pytest.mark.parametrize("rank_by,time_gaps", [("relevance", False), ("expected_value", False), ("relevance", True)])
+def test_chunked_scoring_equals_unchunked(case, gap_case, rank_by, time_gaps):
+    _, fs, _, loaded = gap_case if time_gaps else case
     whole = frame(score_recommendations(fs, loaded, 5, rank_by, chunk=10_000))
     for chunk in (1, 3, 7):
         pd.testing.assert_frame_equal(frame(score_recommendations(fs, loaded, 5, rank_by, chunk=chunk)), whole,
@@ -151,9 +159,9 @@ def test_the_automatic_chunk_is_bounded_by_the_budget():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("rank_by", ["relevance", "expected_value"])
-def test_the_spark_path_gives_the_local_top_n(case, tmp_path, rank_by):
-    folder, fs, ckpt, loaded = case
+@pytest.mark.parametrize("rank_by,time_gaps", [("relevance", False), ("expected_value", True)])
+def test_the_spark_path_gives_the_local_top_n(case, gap_case, tmp_path, rank_by, time_gaps):
+    folder, fs, ckpt, loaded = gap_case if time_gaps else case
     out = tmp_path / "spark"
     cap = 2 if rank_by == "relevance" else None
     cmd = [str(Path(sys.executable).parent / "spark-submit"), "--master", "local[2]", "--conf", "spark.ui.enabled=false",

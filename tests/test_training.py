@@ -109,3 +109,24 @@ def test_the_refit_trains_the_best_model_on_the_validation_window(features_run, 
     finish(train(plain, 1))
     assert torch.equal(torch.load(plain / "train" / "best.pt", weights_only=False)["model"]["item_emb.weight"],
                        torch.load(plain / "train" / "final.pt", weights_only=False)["model"]["item_emb.weight"])
+
+
+def test_a_time_gap_model_trains_evaluates_and_scores(features_run, tmp_path):
+    import numpy as np
+
+    from models.checkpoint import LoadedModel
+    from models.data import FeatureSet, Protocol
+    from models.evaluate import evaluate_recommendations, predict_ltv
+    from models.score import score_recommendations
+
+    # ltv_user_dim=8: the LTV examples' histories are encoded too, with their own event times
+    run_dir = clone(features_run, tmp_path, "gaps", time_gaps=True, ltv_user_dim=8, epochs=1)
+    out = finish(train(run_dir, 2))
+    loaded = LoadedModel.from_file(run_dir / "train" / "final.pt")
+    assert loaded.model.cfg.time_gaps and result(run_dir)["best_val_ndcg_10"] > 0, out[-2000:]
+    fs = FeatureSet.load(run_dir / "features")
+    metrics = evaluate_recommendations(fs, loaded, Protocol.build(fs, RunConfig.load(run_dir).eval_protocol))
+    assert metrics["model"]["ndcg_10"] > 0
+    frame, _, expected_value = predict_ltv(fs, loaded, "eval")
+    assert len(frame) and np.isfinite(expected_value).all()
+    assert score_recommendations(fs, loaded, 5).num_rows > 0
