@@ -1,6 +1,6 @@
 """Training speed and memory on the project's synthetic data: our trainer vs RecBole's SASRec.
 
-    .venv/bin/python bench/train_speed.py [--events 1000000] [--epochs 2] [--recbole [--recbole-max-batches 400]]
+    .venv/bin/python bench/train_speed.py [--events 1000000] [--epochs 2] [--recbole [--recbole-max-batches 150]]
 
 Generates about --events synthetic events, runs the real ingest -> dbt -> Spark features stages in a
 temporary LTVREC_HOME, then trains under torchrun (2 gloo processes, leave-one-out protocol, fixed epoch
