@@ -288,7 +288,7 @@ def als_baseline(run_dir: Path) -> dict:
     fs = FeatureSet.load(run_dir / "features")
     protocol = Protocol.build(fs, cfg.eval_protocol)
     users = np.arange(len(fs.users))
-    items, _ = fs.prefixes(protocol.valid_end, users)
+    items, _, _ = fs.prefixes(protocol.valid_end, users)
     pairs = pd.DataFrame({"user_pos": np.repeat(users, [len(i) for i in items]).astype(np.int32),
                           "item_idx": np.concatenate(items).astype(np.int32)})
     weights = pairs.value_counts().rename("weight").reset_index().astype({"weight": np.float32})

@@ -94,17 +94,19 @@ class FeatureSet:
         """Number of user u's events strictly before epoch second `before`."""
         return int(np.searchsorted(self.ts[u], before, side="left"))
 
-    def histories(self, before: int, users: np.ndarray | None = None) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
-        """(user positions, items, types) before the cut-off: for the given users (histories may be empty),
-        else for every user with at least one event before it."""
-        pos, its, tys = [], [], []
+    def histories(self, before: int, users: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+        """(user positions, items, types, event times) before the cut-off: for the given users (histories may be
+        empty), else for every user with at least one event before it."""
+        pos, its, tys, times = [], [], [], []
         for u in range(len(self.users)) if users is None else users:
             n = self.cut(u, before)
             if n or users is not None:
                 pos.append(u)
                 its.append(self.items[u][:n])
                 tys.append(self.types[u][:n])
-        return np.asarray(pos, dtype=np.int64), its, tys
+                times.append(self.ts[u][:n])
+        return np.asarray(pos, dtype=np.int64), its, tys, times
 
     def holdout(self, start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, list[set[int]]]:
         """Users with history before their `start` event and new (unseen) non-return items in events
@@ -121,13 +123,11 @@ class FeatureSet:
                 targets.append(new)
         return np.asarray(users, dtype=np.int64), targets
 
-    def prefixes(self, ends: np.ndarray, users: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """Items and types of each given user's first ends[u] events."""
-        return [self.items[u][: ends[u]] for u in users], [self.types[u][: ends[u]] for u in users]
-
-    def prefix_times(self, ends: np.ndarray, users: np.ndarray) -> list[np.ndarray]:
-        """Event times (epoch seconds) of each given user's first ends[u] events, aligned with prefixes()."""
-        return [self.ts[u][: ends[u]] for u in users]
+    def prefixes(self, ends: np.ndarray, users: np.ndarray
+                 ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+        """Items, types and event times (epoch seconds) of each given user's first ends[u] events."""
+        return ([self.items[u][: ends[u]] for u in users], [self.types[u][: ends[u]] for u in users],
+                [self.ts[u][: ends[u]] for u in users])
 
     def ltv_train_cutoffs(self) -> list[str]:
         """Names of the LTV training cut-offs (train = D-2H, then train_1 = D-3H, ...)."""

@@ -42,9 +42,8 @@ def evaluate_recommendations(fs: FeatureSet, loaded: LoadedModel, protocol: Prot
     users, targets = fs.holdout(protocol.valid_end, protocol.test_end)
     if len(users) == 0:
         return {}
-    own_items, own_types = fs.prefixes(protocol.valid_end, users)
-    its, tys, times = to_model_index(remap(fs.item_ids, loaded), own_items, own_types,
-                                     fs.prefix_times(protocol.valid_end, users))
+    own_items, own_types, own_ts = fs.prefixes(protocol.valid_end, users)
+    its, tys, times = to_model_index(remap(fs.item_ids, loaded), own_items, own_types, own_ts)
     topk_model, _, _ = model_topk(loaded.model, its, tys, k=max(KS), ts=times)
     run_index = {item: i + 1 for i, item in enumerate(fs.item_ids)}
     to_run = np.array([0] + [run_index.get(i, 0) for i in loaded.item_ids], dtype=np.int64)
@@ -74,8 +73,7 @@ def predict_ltv(fs: FeatureSet, loaded: LoadedModel, cutoff: str):
         return frame, np.zeros(0), np.zeros(0)
     model = loaded.model
     if model.cfg.ltv_user_dim:  # the head reads the user vector: encode each customer's history before the cut-off
-        users, own_items, own_types = fs.histories(epoch(fs.split["ltv_cutoffs"][cutoff]), frame["user_pos"].to_numpy())
-        own_ts = [fs.ts[u][: len(x)] for u, x in zip(users, own_items)]
+        _, own_items, own_types, own_ts = fs.histories(epoch(fs.split["ltv_cutoffs"][cutoff]), frame["user_pos"].to_numpy())
         its, tys, times = to_model_index(remap(fs.item_ids, loaded), own_items, own_types, own_ts)
     feats = torch.as_tensor(loaded.scaler.transform(frame))
     prior = ltv_prior(frame, model)

@@ -73,24 +73,24 @@ class TrainingExamples(Dataset):
         # every training cut-off's customers, each with the history before that cut-off
         frames = [fs.ltv_frame(name) for name in fs.ltv_train_cutoffs()]
         ltv = pd.concat(frames, ignore_index=True)
-        l_items, l_types, l_ts = [], [], []
-        for name, frame in zip(fs.ltv_train_cutoffs(), frames):
-            users, its, tys = fs.histories(epoch(fs.split["ltv_cutoffs"][name]), frame["user_pos"].to_numpy())
-            l_items += its
-            l_types += tys
-            l_ts += [fs.ts[u][: len(x)] for u, x in zip(users, its)]
         self.has_ltv = len(ltv) > 0
-        self.ltv_ts = torch.as_tensor(pad_left(l_ts or [np.zeros(1, np.int64)], length)) if cfg.time_gaps else None
         if self.has_ltv:
-            self.ltv_items = torch.as_tensor(pad_left(l_items, length))
-            self.ltv_types = torch.as_tensor(pad_left(l_types, length))
             self.ltv_feats = torch.as_tensor(scaler.transform(ltv))
             self.ltv_label = torch.as_tensor(ltv["label_value"].to_numpy(dtype=np.float32))
         else:  # no customers (e.g. ratings-only data): the LTV loss is masked out
-            self.ltv_items = torch.ones(1, length, dtype=torch.long)
-            self.ltv_types = torch.ones(1, length, dtype=torch.long)
             self.ltv_feats = torch.zeros(1, scaler.mean.shape[0])
             self.ltv_label = torch.zeros(1)
+        # the customers' histories before their cut-off, only where the LTV head reads the user vector
+        self.ltv_history: dict[str, torch.Tensor] = {}
+        if cfg.ltv_user_dim:
+            keys = ["ltv_items", "ltv_types"] + (["ltv_ts"] if cfg.time_gaps else [])
+            seqs = {key: [] for key in keys}
+            for name, frame in zip(fs.ltv_train_cutoffs(), frames):
+                _, *history = fs.histories(epoch(fs.split["ltv_cutoffs"][name]), frame["user_pos"].to_numpy())
+                for key, part in zip(keys, history):
+                    seqs[key] += part
+            self.ltv_history = {key: torch.as_tensor(pad_left(s, length)) if self.has_ltv
+                                else torch.ones(1, length, dtype=torch.long) for key, s in seqs.items()}
         self.ltv_prior = None  # set where the head corrects the prior (models/ltv_prior.py)
         if "ltv_prior" in scaler.features:
             self.ltv_prior = torch.as_tensor(ltv["ltv_prior"].to_numpy(dtype=np.float32)) if self.has_ltv else torch.ones(1)
@@ -103,13 +103,14 @@ class TrainingExamples(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         r, j = i % len(self.items), i % len(self.ltv_label)
-        extra = {} if self.ltv_prior is None else {"ltv_prior": self.ltv_prior[j]}
+        extra = {key: values[j] for key, values in self.ltv_history.items()}
+        if self.ltv_prior is not None:
+            extra["ltv_prior"] = self.ltv_prior[j]
         if self.ts is not None:
-            extra |= {"ts": self.ts[r], "ltv_ts": self.ltv_ts[j]}
+            extra["ts"] = self.ts[r]
         return extra | {
             "items": self.items[r], "types": self.types[r], "targets": self.targets[r],
-            "ltv_items": self.ltv_items[j], "ltv_types": self.ltv_types[j], "ltv_feats": self.ltv_feats[j],
-            "ltv_label": self.ltv_label[j], "ltv_mask": torch.tensor(float(self.has_ltv)),
+            "ltv_feats": self.ltv_feats[j], "ltv_label": self.ltv_label[j], "ltv_mask": torch.tensor(float(self.has_ltv)),
         }
 
 
@@ -156,8 +157,8 @@ def validate(model: SeqRecModel, fs: FeatureSet, protocol: Protocol, max_users: 
     users, targets = users[:max_users], targets[:max_users]
     if len(users) == 0:
         return {}
-    its, tys = fs.prefixes(protocol.train_end, users)
-    topk, _, _ = model_topk(model, its, tys, k=10, ts=fs.prefix_times(protocol.train_end, users))
+    its, tys, times = fs.prefixes(protocol.train_end, users)
+    topk, _, _ = model_topk(model, its, tys, k=10, ts=times)
     return ranking_metrics(topk, targets, ks=(10,))
 
 

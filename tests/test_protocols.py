@@ -41,7 +41,7 @@ def test_leave_one_out_uses_the_last_two_events():
     assert p.train_end.tolist() == [2, 0] and p.valid_end.tolist() == [3, 1] and p.test_end.tolist() == [4, 2]
     users, targets = fs.holdout(p.valid_end, p.test_end)
     assert users.tolist() == [1] and targets == [{5}]
-    items, types = fs.prefixes(p.valid_end, users)
+    items, types, _ = fs.prefixes(p.valid_end, users)
     assert items[0].tolist() == [2] and types[0].tolist() == [3]
 
 
