@@ -32,6 +32,7 @@ import pandas as pd  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 
+from ltvrec.config import EVENT_TYPES  # noqa: E402
 from models.checkpoint import LoadedModel  # noqa: E402
 from models.data import LTV_FEATURES, FeatureScaler  # noqa: E402
 from models.sasrec import ModelConfig, SeqRecModel  # noqa: E402
@@ -44,11 +45,11 @@ def peak_rss_mb() -> float:
 
 def random_model(n_items: int, dim: int, max_len: int) -> LoadedModel:
     torch.manual_seed(0)
-    cfg = ModelConfig(n_items=n_items + 1, n_ltv_features=len(LTV_FEATURES), max_len=max_len, d_model=dim,
-                      n_heads=2, n_layers=2, ltv_sigma_max=2.0)
+    cfg = ModelConfig(n_items=n_items + 1, n_ltv_features=len(LTV_FEATURES), n_event_types=len(EVENT_TYPES) + 1,
+                      max_len=max_len, d_model=dim, n_heads=2, n_layers=2, ltv_sigma_max=2.0)
     model = SeqRecModel(cfg)
-    scaler = FeatureScaler(mean=np.zeros(len(LTV_FEATURES)), std=np.ones(len(LTV_FEATURES)))
-    ckpt = {"model": model.state_dict(), "model_config": asdict(cfg), "run_config": {},
+    scaler = FeatureScaler(mean=np.zeros(len(LTV_FEATURES)), std=np.ones(len(LTV_FEATURES)), features=LTV_FEATURES)
+    ckpt = {"model": model.state_dict(), "model_config": asdict(cfg),
             "item_ids": [f"i{j}" for j in range(n_items)], "item_price": [0.0] + [1.0] * n_items, "scaler": scaler.to_dict()}
     return LoadedModel(ckpt)
 

@@ -53,26 +53,35 @@ def _build_features(stages, users: int, items: int, seed: int) -> Path:
     return run_dir
 
 
+def train_config_file(run_dir: Path, **overrides) -> Path:
+    """The trainer's config for the run folder, with the run config's knobs changed by `overrides`."""
+    from ltvrec.config import RunConfig
+    from ltvrec.rundir import RunDir
+    from ltvrec.stages import train_config
+
+    run = RunDir(run_dir)
+    cfg = RunConfig.from_dict(run.config().to_dict() | overrides)
+    path = run.train / "config.json"
+    train_config(cfg, run.features, run.train).save(path)
+    return path
+
+
 def train(run_dir: Path, epochs: int, nproc: int) -> dict:
     """torchrun the trainer for exactly `epochs` epochs; speed from its log, peak RSS of its processes."""
-    from ltvrec.config import RunConfig
-
-    cfg = RunConfig.load(run_dir).to_dict() | {"epochs": epochs, "patience": epochs + 1, "refit_epochs": 0,
-                                               "max_train_minutes": 1e6}
-    RunConfig.from_dict(cfg).save(run_dir)
+    config = train_config_file(run_dir, epochs=epochs, patience=epochs + 1, refit_epochs=0, max_train_minutes=1e6)
     started = time.time()
     # a wrapper process runs torchrun, so its RUSAGE_CHILDREN peak covers the training processes only
     # (not the Spark JVMs this process started before)
     wrapper = ("import resource, subprocess, sys; code = subprocess.call(sys.argv[1:]); "
                "print(f'PEAK_RSS_KB={resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}'); sys.exit(code)")
     proc = subprocess.run([sys.executable, "-c", wrapper, str(BIN / "torchrun"), "--standalone", f"--nproc-per-node={nproc}",
-                           "-m", "models.train", "--run-dir", str(run_dir)], capture_output=True, text=True, cwd=ROOT,
+                           "-m", "models.train", "--config", str(config)], capture_output=True, text=True, cwd=ROOT,
                           env={**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // nproc))})
     if proc.returncode != 0:
         raise SystemExit(f"training failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     peak_kb = int(re.search(r"PEAK_RSS_KB=(\d+)", proc.stdout).group(1))
     epochs_log = [dict(re.findall(r"(\w+)=([-\d.e+]+)", line)) for line in proc.stdout.splitlines()
-                  if re.match(r"epoch \d+: ", line)]
+                  if re.match(r"epoch \d+/\d+: ", line)]
     seconds = [float(e["epoch_seconds"]) for e in epochs_log]
     return {"wall_seconds": round(time.time() - started, 1), "seconds_per_epoch": [round(s, 1) for s in seconds],
             "sequences_per_s": [round(float(e["sequences_per_s"]), 1) for e in epochs_log],
@@ -92,15 +101,15 @@ def test_metrics(run_dir: Path) -> dict:
 
 def dataset_stats(run_dir: Path) -> dict:
     """Users, items, events and the trainer's next-item targets per epoch (first purchases/views, no returns)."""
-    from ltvrec.config import RunConfig
     from models.data import LTV_FEATURES, FeatureScaler, FeatureSet, Protocol
-    from models.train import TrainingExamples
+    from models.examples import TrainingExamples
+    from models.config import TrainConfig
 
     fs = FeatureSet.load(run_dir / "features")
     protocol = Protocol.build(fs, "leave_one_out")
-    scaler = FeatureScaler.fit(fs.ltv_frame("train"))
-    examples = TrainingExamples(fs, RunConfig.load(run_dir), scaler, protocol.train_end, protocol.name)
-    assert len(scaler.mean) == len(LTV_FEATURES)
+    scaler = FeatureScaler.fit(fs.ltv_frame("train"), LTV_FEATURES)
+    cfg = TrainConfig.load(train_config_file(run_dir))
+    examples = TrainingExamples(fs, cfg, scaler, protocol.train_end, protocol.name)
     return {"users": len(fs.users), "items": fs.n_items - 1, "events": int(sum(len(x) for x in fs.items)),
             "training_sequences": len(examples.items), "training_targets": int((examples.targets != 0).sum())}
 
@@ -163,9 +172,9 @@ def main() -> None:
     users = max(10, round(args.events / EVENTS_PER_USER))
     with tempfile.TemporaryDirectory(prefix="ltvrec-speed-") as home:
         run_dir = build_features(Path(home), users, args.items, args.seed)
-        from ltvrec.config import RunConfig
+        from ltvrec.rundir import RunDir
 
-        cfg = RunConfig.load(run_dir)
+        cfg = RunDir(run_dir).config()
         out["data"] = dataset_stats(run_dir)
         out["ltvrec"] = train(run_dir, args.epochs, args.nproc)
         out["ltvrec"]["targets_per_s"] = round(out["data"]["training_targets"] / min(out["ltvrec"]["seconds_per_epoch"]), 1)

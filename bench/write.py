@@ -86,7 +86,7 @@ def bench_duckdb(folder: Path, parquet: Path, csv: Path, n_rows: int) -> dict:
     ours = timed(lambda: wh.publish(RUN_DATE, {"recommendations": reader(parquet)}))
     assert wh.query("select count(*) as n from serving.recommendations").to_pylist()[0]["n"] == n_rows
     with duckdb.connect(str(path)) as con:
-        con.execute(f"create table baseline {warehouse.SERVING_DDL['recommendations']}")
+        con.execute(f"create table baseline {warehouse.serving_ddl('recommendations')}")
         base = timed(lambda: con.execute(f"copy baseline from '{csv}' (format csv, header false)"))
         assert con.execute("select count(*) from baseline").fetchall()[0][0] == n_rows
     return {"ours_seconds": round(ours, 1), "ours_rows_per_s": round(n_rows / ours),
@@ -133,7 +133,7 @@ def _bench_postgres(dsn: str, parquet: Path, csv: Path, n_rows: int) -> dict:
     ours = timed(lambda: wh.publish(RUN_DATE, {"recommendations": reader(parquet)}))
     with psycopg.connect(dsn, autocommit=True) as con:
         assert con.execute("select count(*) from serving.recommendations").fetchone()[0] == n_rows
-        con.execute(f"create table public.baseline {warehouse.SERVING_DDL['recommendations']}")
+        con.execute(f"create table public.baseline {warehouse.serving_ddl('recommendations')}")
     base = timed(lambda: subprocess.run([psql_binary(), dsn, "-v", "ON_ERROR_STOP=1", "-c", f"\\copy public.baseline from '{csv}' csv"],
                                         check=True, capture_output=True))
     with psycopg.connect(dsn, autocommit=True) as con:

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import great_expectations.expectations as gxe
 
-EVENT_TYPES_RAW = ["view", "cart", "purchase", "rating", "return", "non_product"]
-EVENT_TYPES_CLEAN = ["view", "cart", "purchase", "rating", "return"]
+from ltvrec.config import EVENT_TYPES, RAW_ONLY_EVENT_TYPES
 
 
 def raw(params: dict) -> dict[str, list]:
@@ -22,7 +21,7 @@ def raw(params: dict) -> dict[str, list]:
             gxe.ExpectColumnValuesToBeUnique(column="source_row"),
             gxe.ExpectColumnValuesToNotBeNull(column="item_id", mostly=0.95),
             gxe.ExpectColumnValuesToNotBeNull(column="event_ts", mostly=0.99),
-            gxe.ExpectColumnValuesToBeInSet(column="event_type", value_set=EVENT_TYPES_RAW, mostly=0.99),
+            gxe.ExpectColumnValuesToBeInSet(column="event_type", value_set=[*EVENT_TYPES, *RAW_ONLY_EVENT_TYPES], mostly=0.99),
         ],
         "raw_items": [
             gxe.ExpectColumnToExist(column="item_id"),
@@ -44,7 +43,7 @@ def cleaned(params: dict) -> dict[str, list]:
             gxe.ExpectTableRowCountToBeBetween(min_value=1),
             gxe.ExpectColumnValuesToBeUnique(column="event_id"),
             *(gxe.ExpectColumnValuesToNotBeNull(column=c) for c in ["user_id", "item_id", "event_ts", "event_type"]),
-            gxe.ExpectColumnValuesToBeInSet(column="event_type", value_set=EVENT_TYPES_CLEAN),
+            gxe.ExpectColumnValuesToBeInSet(column="event_type", value_set=list(EVENT_TYPES)),
             gxe.ExpectColumnValuesToBeBetween(column="quantity", min_value=0, strict_min=True),
             gxe.ExpectColumnValuesToBeBetween(column="unit_price", min_value=0),
         ],
@@ -60,7 +59,8 @@ def cleaned(params: dict) -> dict[str, list]:
 
 
 def features(params: dict) -> dict[str, list]:
-    """Spark features: non-empty sequences, valid item indices, finite non-negative labels."""
+    """Spark features: non-empty sequences, valid item indices, finite non-negative labels, and something to train on
+    before the validation window."""
     return {
         "sequences": [
             gxe.ExpectTableRowCountToBeBetween(min_value=1),
@@ -74,6 +74,14 @@ def features(params: dict) -> dict[str, list]:
             gxe.ExpectColumnValuesToBeBetween(column="label_value", min_value=0),
             gxe.ExpectColumnValuesToBeInSet(column="label_active", value_set=[0, 1]),
             gxe.ExpectCompoundColumnsToBeUnique(column_list=["user_id", "cutoff"]),
+        ],
+        # one row: the protocol's training window (events before each user's validation window)
+        "training_window": [
+            gxe.ExpectColumnValuesToBeBetween(
+                column="events_before_validation", min_value=1,
+                notes="No event lies before the validation window, so there is nothing to train on: the history is "
+                      "shorter than the validation and test windows (2 x holdout_days) or all events share one "
+                      "timestamp. Give more history or a smaller holdout_days."),
         ],
     }
 

@@ -1,7 +1,8 @@
 """Spark feature job: cleaned marts (Parquet) -> model features (Parquet).
 
-    spark-submit --master local[2] jobs/features.py --events E.parquet --items I.parquet \
-        --out DIR --as-of 2011-12-09 --horizon-days 90 --holdout-days 14
+    spark-submit --master local[2] jobs/features.py --events E.parquet --items I.parquet --out DIR \
+        --as-of 2011-12-09 --horizon-days 90 --holdout-days 14 --ltv-train-windows 1 \
+        --event-types "$(python -c 'from ltvrec.config import EVENT_TYPES; print(*EVENT_TYPES, sep=",")')"
 
 Writes, under --out:
   items/          item_idx (1..n; 0 is padding), item_id, title, category, price, n_events, n_users
@@ -11,7 +12,8 @@ Writes, under --out:
                   eval = D-H; score = D; ref_<name> = that cut-off - 365 days): RFM features computed from
                   events strictly before the cut-off (btyd_*: the BG/NBD + Gamma-Gamma summary of models/btyd.py),
                   and the label: net spend in [cut-off, cut-off + H)
-  split.json      the cut-off timestamps of the temporal split
+  split.json      the cut-off timestamps of the temporal split, and the event types in code order (--event-types:
+                  a type's code in `types` is its position + 1; 0 is padding)
 D is the end of the --as-of day (default: the day of the last event). Nothing at or after a cut-off reaches
 that cut-off's features.
 """
@@ -26,15 +28,13 @@ from pathlib import Path
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-EVENT_TYPE_CODE = {"view": 1, "cart": 2, "purchase": 3, "rating": 4, "return": 5}
 DAY = 86400.0
 
 
 def build_items(events: DataFrame, items: DataFrame) -> DataFrame:
     stats = events.groupBy("item_id").agg(F.count("*").alias("n_events"), F.countDistinct("user_id").alias("n_users"))
     return (
-        (items if "in_stock" in items.columns else items.withColumn("in_stock", F.lit(True)))  # older marts
-        .select("item_id", "title", "category", "price", "in_stock")
+        items.select("item_id", "title", "category", "price", "in_stock")
         .join(stats, "item_id", "left")
         .fillna({"n_events": 0, "n_users": 0, "in_stock": True})
         .withColumn("item_idx", F.row_number().over(Window.orderBy("item_id")))
@@ -42,8 +42,8 @@ def build_items(events: DataFrame, items: DataFrame) -> DataFrame:
     )
 
 
-def build_sequences(events: DataFrame, items: DataFrame) -> DataFrame:
-    type_code = F.create_map(*[x for k, v in EVENT_TYPE_CODE.items() for x in (F.lit(k), F.lit(v))])
+def build_sequences(events: DataFrame, items: DataFrame, event_types: list[str]) -> DataFrame:
+    type_code = F.create_map(*[x for i, name in enumerate(event_types) for x in (F.lit(name), F.lit(i + 1))])
     by_time = Window.partitionBy("user_id").orderBy("event_ts", "event_id")
     ev = (
         events.join(items.select("item_id", "item_idx"), "item_id")
@@ -173,11 +173,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--events", required=True)
     ap.add_argument("--items", required=True)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--as-of", default=None)
-    ap.add_argument("--horizon-days", type=int, default=90)
-    ap.add_argument("--holdout-days", type=int, default=14)
-    ap.add_argument("--ltv-train-windows", type=int, default=1,
+    ap.add_argument("--as-of", default=None, help="YYYY-MM-DD; default: the day of the last event")
+    ap.add_argument("--horizon-days", type=int, required=True)
+    ap.add_argument("--holdout-days", type=int, required=True)
+    ap.add_argument("--ltv-train-windows", type=int, required=True,
                     help="LTV training cut-offs D-2H, D-3H, ... (each labelled by the H days after it)")
+    ap.add_argument("--event-types", required=True, help="comma-separated; a type's code is its position + 1")
     args = ap.parse_args(argv)
 
     spark = SparkSession.builder.appName("ltvrec-features").config("spark.sql.session.timeZone", "UTC").getOrCreate()
@@ -201,12 +202,13 @@ def main(argv: list[str] | None = None) -> None:
         "ltv_cutoffs": {**cutoffs, **reference_cutoffs(cutoffs, args.horizon_days, first)},
         "horizon_days": args.horizon_days,
         "holdout_days": args.holdout_days,
+        "event_types": args.event_types.split(","),
     }
     events = events.where(F.col("event_ts") < F.lit(end).cast("timestamp"))
 
     items = build_items(events, items_in).cache()
     items.write.mode("overwrite").parquet(str(out / "items"))
-    build_sequences(events, items).write.mode("overwrite").parquet(str(out / "sequences"))
+    build_sequences(events, items, split["event_types"]).write.mode("overwrite").parquet(str(out / "sequences"))
     ltv = None
     for name, ts in split["ltv_cutoffs"].items():
         part = build_ltv_features(events, datetime.fromisoformat(ts), args.horizon_days, name)

@@ -1,21 +1,26 @@
-"""`ltvrec` command line: run the Airflow DAG in-process, generate data, open the UIs."""
+"""`ltvrec` command line: run the Airflow DAG in-process, generate data, query the warehouse, open the UIs.
+
+`ltvrec run`'s options are generated from the run config's knobs (ltvrec/config.py), one per knob.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from ltvrec.config import (DAG_ID, PROJECT_ROOT, SOURCES, RunConfig, connection_uri, default_warehouse_url, ltvrec_home,
-                           mlflow_tracking_uri, redact_url)
+from ltvrec.config import (PROJECT_ROOT, RunConfig, connection_uri, default_warehouse_url, kind_of, knobs,
+                           ltvrec_home, mlflow_tracking_uri, params_markdown, redact_url)
 
 app = typer.Typer(help="ltvrec: raw events -> top-N recommendations and customer LTV in a warehouse.", no_args_is_help=True)
+PATH_KNOBS = ("path", "items_path")  # resolved to absolute paths: Airflow runs from another directory
 
 
 def airflow_env() -> dict[str, str]:
@@ -37,98 +42,87 @@ def airflow_env() -> dict[str, str]:
     return env
 
 
-def _airflow(args: list[str], env: dict[str, str]) -> int:
-    return subprocess.call([str(Path(sys.executable).parent / "airflow"), *args], env=env)
+def _airflow(args: list[str], env: dict[str, str], **kwargs) -> int:
+    return subprocess.call([str(Path(sys.executable).parent / "airflow"), *args], env=env, **kwargs)
 
 
 def _ensure_airflow_db(env: dict[str, str]) -> None:
     marker = Path(env["AIRFLOW_HOME"]) / ".migrated"
     if not marker.exists():
-        if _airflow(["db", "migrate"], env) != 0:
-            raise typer.Exit(1)
+        with open(Path(env["AIRFLOW_HOME"]) / "db-migrate.log", "w") as out:
+            if _airflow(["db", "migrate"], env, stdout=out, stderr=subprocess.STDOUT) != 0:
+                typer.echo(f"error: `airflow db migrate` failed; see {out.name}", err=True)
+                raise typer.Exit(1)
         marker.touch()
 
 
-@app.command()
-def run(
-    source: str = typer.Option("synthetic", help=f"one of: {', '.join(SOURCES)}"),
-    path: Optional[str] = typer.Option(None, help="input file or folder (events / online_retail / movielens)"),
-    items_path: Optional[str] = typer.Option(None, help="item catalogue for --source events"),
-    as_of: Optional[str] = typer.Option(None, help="YYYY-MM-DD; default: day of the last event"),
-    top_n: int = typer.Option(10, help="recommendations per user"),
-    horizon_days: int = typer.Option(90, help="LTV horizon H in days"),
-    eval_protocol: Optional[str] = typer.Option(None, help="temporal (global time cut-off) or leave_one_out; "
-                                                "default: leave_one_out for movielens, else temporal"),
-    epochs: Optional[int] = typer.Option(None, help="maximum training epochs (early stopping decides)"),
-    nproc: Optional[int] = typer.Option(None, help="torchrun processes"),
-    warm_start: bool = typer.Option(False, help="fine-tune the current @champion on the new data"),
-    rank_by: Optional[str] = typer.Option(None, help="relevance (default) or expected_value: P(item) x catalogue price"),
-    synthetic_users: Optional[int] = typer.Option(None, help="users for --source synthetic"),
-    warehouse_url: Optional[str] = typer.Option(None, help="duckdb:///file or postgresql://...; default DuckDB in LTVREC_HOME"),
-    conf: Optional[str] = typer.Option(None, help="extra DAG params as JSON, e.g. '{\"holdout_days\": 7}'"),
-) -> None:
-    """Run the ltvrec_batch DAG in-process (`airflow dags test`) on a data source."""
-    params = {"source": source, "path": str(Path(path).resolve()) if path else None,
-              "items_path": str(Path(items_path).resolve()) if items_path else None, "as_of": as_of,
-              "top_n": top_n, "horizon_days": horizon_days, "eval_protocol": eval_protocol, "epochs": epochs, "nproc": nproc,
-              "warm_start": warm_start or None, "rank_by": rank_by,
-              "synthetic_users": synthetic_users, "warehouse_url": warehouse_url}
-    params = {k: v for k, v in params.items() if v is not None} | (json.loads(conf) if conf else {})
+def fail(message: str, code: int = 2) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def execute(params: dict, verbose: bool) -> None:
+    """Check the params and the input, then run the DAG in-process and follow it (ltvrec/console.py)."""
+    from ltvrec import console, sources
+
     try:
-        RunConfig.from_dict(params)  # reject bad params before starting Airflow
-    except ValueError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2)
+        cfg = RunConfig.from_dict(params)
+        sources.check_input(cfg.source, cfg.path, cfg.items_path)  # before Airflow's start-up, not after it
+    except ValueError as exc:  # InputError is a ValueError: one plain message naming file, row or column
+        fail(str(exc))
     env = airflow_env()
+    if verbose:
+        env["LTVREC_STREAM_LOGS"] = "1"
     _ensure_airflow_db(env)
-    started = time.time()
-    code = _airflow(["dags", "test", DAG_ID, "--conf", json.dumps(params)], env)
-    summaries = [p for p in (ltvrec_home() / "runs").glob("*/summary.json") if p.stat().st_mtime >= started]
-    if code != 0 or not summaries:
-        failures = [p for p in (ltvrec_home() / "runs").glob("*/failed.json") if p.stat().st_mtime >= started]
-        for f in failures:
-            failed = json.loads(f.read_text())
-            typer.echo(f"\nltvrec: stage {failed['stage']} failed ({f.parent}):\n{failed['error']}", err=True)
-        typer.echo(f"\nltvrec: the DAG run failed (task logs above; run folders in {ltvrec_home() / 'runs'})", err=True)
-        raise typer.Exit(1)
-    _print_results(max(summaries, key=lambda p: p.stat().st_mtime), time.time() - started)
+    raise typer.Exit(console.run_dag(params, env, verbose))
 
 
-def _print_results(summary_path: Path, seconds: float) -> None:
-    s = json.loads(summary_path.read_text())
-    rec = s["metrics"].get("recommendation", {})
-    ltv = s["metrics"].get("ltv", {})
-    conn_id = s["config"].get("warehouse_conn_id")
-    url = f"Airflow connection {conn_id}" if conn_id else redact_url(s["config"].get("warehouse_url") or default_warehouse_url())
-    registry = s["registry"]
-    gate = registry.get("decision", "promoted")
-    champion = (f"v{registry.get('version')} promoted to @champion" if gate == "promoted"
-                else f"v{registry.get('version')} REJECTED by the model gate; scored with @champion v{registry.get('champion')}")
-    lines = [
-        "", f"ltvrec run {s['run_id']} finished in {seconds:.0f}s (run date {s['run_date']})",
-        f"  summary:      {summary_path}",
-        f"  warehouse:    {url}",
-        f"  rows:         {s['rows'].get('publish', {})}",
-        f"  model:        {registry.get('model_name')} {champion}",
-        *(f"                - {reason}" for reason in registry.get("reasons", [])),
-    ]
-    for name, m in rec.items():
-        if not name.startswith("_"):
-            lines.append(f"  {name:<12}  HR@10={m.get('hr_10', 0):.4f}  NDCG@10={m.get('ndcg_10', 0):.4f}")
-    for name, m in ltv.items():
-        lines.append(f"  LTV {name:<18} normalized Gini={m.get('gini', 0):.3f}  Spearman={m.get('spearman', 0):.3f}")
-    lines += [
-        f"  MLflow:       {mlflow_tracking_uri()}  (make mlflow-ui, then http://127.0.0.1:5000)",
-        "", "Query the results with any SQL client of the warehouse, or `.venv/bin/ltvrec sql \"...\"`:",
-        "  " + example_query(s["run_date"]),
-    ]
-    typer.echo("\n".join(lines))
+def run(**options) -> None:
+    """Run the ltvrec_batch DAG in-process (`airflow dags test`) on a data source."""
+    conf, verbose = options.pop("conf"), options.pop("verbose")
+    params = {k: v for k, v in options.items() if v is not None}
+    for key in PATH_KNOBS:
+        if key in params:
+            params[key] = str(Path(params[key]).resolve())
+    try:
+        params |= json.loads(conf) if conf else {}
+    except json.JSONDecodeError as exc:
+        fail(f"--conf is not valid JSON ({exc})")
+    execute(params, verbose)
 
 
-def example_query(run_date: str) -> str:
-    return ("select r.user_id, r.rank, r.item_id, r.score, l.expected_value "
-            "from serving.recommendations r left join serving.ltv_estimates l using (run_date, user_id) "
-            f"where r.run_date = date '{run_date}' order by l.expected_value desc nulls last, r.user_id, r.rank limit 20;")
+def _knob_option(f: dataclasses.Field) -> inspect.Parameter:
+    """A typer option for one knob; None (not given) leaves the knob to its default."""
+    kind, _ = kind_of(f)
+    flag = f"--{f.name.replace('_', '-')}"
+    decls = [f"{flag}/--no-{flag[2:]}"] if kind == "bool" else [flag]
+    meta = f.metadata
+    option = typer.Option(None, *decls, help=meta["help"], rich_help_panel=meta["group"],
+                          metavar=f"[{'|'.join(meta['choices'])}]" if meta["choices"] else None, show_default=False)
+    py_type = {"int": int, "float": float, "str": str, "bool": bool}[kind]
+    return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=Optional[py_type])
+
+
+run.__signature__ = inspect.Signature([_knob_option(f) for f in knobs()] + [
+    inspect.Parameter("conf", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str], default=typer.Option(
+        None, help="more params as JSON, e.g. '{\"holdout_days\": 7}'")),
+    inspect.Parameter("verbose", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=typer.Option(
+        False, "--verbose", "-v", help="stream every log (Airflow, dbt, Spark, torchrun) to the terminal")),
+])
+app.command()(run)
+
+
+@app.command()
+def demo(users: int = typer.Option(2000, help="synthetic users"),
+         verbose: bool = typer.Option(False, "--verbose", "-v", help="stream every log to the terminal")) -> None:
+    """The whole DAG on the project's synthetic data, on the embedded defaults."""
+    execute({"source": "synthetic", "synthetic_users": users}, verbose)
+
+
+@app.command()
+def params() -> None:
+    """Print the params table (Markdown), as the README shows it."""
+    typer.echo(params_markdown())
 
 
 @app.command()
@@ -153,22 +147,12 @@ def grant_reader(
 
     password = os.environ.get("LTVREC_READER_PASSWORD")
     if not password:
-        typer.echo("error: set LTVREC_READER_PASSWORD to the reader role's password", err=True)
-        raise typer.Exit(2)
+        fail("set LTVREC_READER_PASSWORD to the reader role's password")
     wh = warehouse.connect(connection_uri(conn_id) if conn_id else warehouse_url or default_warehouse_url())
     if wh.kind != "postgres":
-        typer.echo(f"error: reader roles are for PostgreSQL; {redact_url(wh.url)} is {wh.kind}", err=True)
-        raise typer.Exit(2)
+        fail(f"reader roles are for PostgreSQL; {redact_url(wh.url)} is {wh.kind}")
     wh.create_reader_role(password, role)
     typer.echo(f"role {role}: login, SELECT on schema serving (current and future tables), nothing else")
-
-
-@app.command()
-def demo(users: int = typer.Option(2000, help="synthetic users")) -> None:
-    """The whole DAG on the project's synthetic data, on the embedded defaults."""
-    run(source="synthetic", path=None, items_path=None, as_of=None, top_n=10, horizon_days=90,
-        eval_protocol="temporal", epochs=None, warm_start=False, rank_by=None,
-        nproc=None, synthetic_users=users, warehouse_url=None, conf=None)
 
 
 @app.command()
@@ -196,8 +180,7 @@ def ui(which: str = typer.Argument(..., help="mlflow or airflow"), port: Optiona
         typer.echo(f"Airflow on http://127.0.0.1:{port or 8080} (login printed below; password in "
                    f"{env['AIRFLOW_HOME']}/simple_auth_manager_passwords.json.generated)")
         raise typer.Exit(_airflow(["standalone"], env))
-    typer.echo("choose mlflow or airflow", err=True)
-    raise typer.Exit(2)
+    fail("choose mlflow or airflow")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -1,15 +1,19 @@
 """Source adapters: each turns one input layout into the canonical raw tables.
 
 Canonical `raw.events`: user_id, item_id, event_type, event_ts (UTC, naive), quantity, unit_price,
-source_file, source_row. Canonical `raw.items`: item_id, title, category, price.
-Adapters only reshape and parse; judging rows (duplicates, outliers, unknown items...) is dbt's job, so
-nothing is dropped here.
+source_file, source_row. Canonical `raw.items`: item_id, title, category, price, in_stock, source_file, source_row.
+Adapters only reshape and parse; judging rows (duplicates, conflicting catalogue rows, outliers, unknown
+items...) is dbt's job, so nothing is dropped here.
+
+`check_input` runs the checks that need no full read (paths, file types, header columns) before a run starts;
+the readers run the same functions again, then parse every row.
 """
 
 from __future__ import annotations
 
 import codecs
 import csv
+import gzip
 import hashlib
 import io
 import logging
@@ -24,6 +28,14 @@ log = logging.getLogger("ltvrec")
 
 EVENT_COLUMNS = ["user_id", "item_id", "event_type", "event_ts", "quantity", "unit_price"]
 ITEM_COLUMNS = ["item_id", "title", "category", "price", "in_stock"]
+REQUIRED_ITEM_COLUMNS = ["item_id"]
+RETAIL_COLUMNS = ["Invoice", "StockCode", "Description", "Quantity", "InvoiceDate", "Price", "Customer ID"]
+MOVIELENS_FILES = ("ratings.dat", "movies.dat")
+# Text types and their separator; each may also be gzipped (`events.csv.gz`).
+TEXT_TYPES = {".csv": ",", ".tsv": "\t", ".txt": ","}
+FILE_TYPES = (".parquet", *TEXT_TYPES, *(suffix + ".gz" for suffix in TEXT_TYPES))
+UTF8_BOM = codecs.BOM_UTF8
+SOURCE_COLUMNS = [("source_file", pa.string()), ("source_row", pa.int64())]
 RAW_EVENTS_SCHEMA = pa.schema(
     [
         ("user_id", pa.string()),
@@ -32,37 +44,157 @@ RAW_EVENTS_SCHEMA = pa.schema(
         ("event_ts", pa.timestamp("us")),
         ("quantity", pa.float64()),
         ("unit_price", pa.float64()),
-        ("source_file", pa.string()),
-        ("source_row", pa.int64()),
+        *SOURCE_COLUMNS,
     ]
 )
 RAW_ITEMS_SCHEMA = pa.schema(
     [("item_id", pa.string()), ("title", pa.string()), ("category", pa.string()), ("price", pa.float64()),
-     ("in_stock", pa.bool_())]
+     ("in_stock", pa.bool_()), *SOURCE_COLUMNS]
 )
 TRUE_WORDS, FALSE_WORDS = {"true", "t", "yes", "y", "1"}, {"false", "f", "no", "n", "0"}
 
 
 class InputError(ValueError):
-    """Bad input file: the message names the file, and the column or row where possible."""
+    """Bad input: the message starts with the file (or folder) and names the column or row where possible."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Checks that need no full read: check_input runs them before a run, the readers run them again
+
+
+def check_input(source: str, path: str | None, items_path: str | None) -> None:
+    """Refuse, before the DAG starts, input that cannot work: a missing path, a folder without the source's
+    files, an unsupported file type, a header without the required columns. Reads headers and Parquet schemas
+    only; the ingest stage reads everything and checks every row."""
+    if source == "synthetic" or path is None:  # synthetic reads no input; RunConfig reports a missing path
+        return
+    path = Path(path)
+    if source == "events":
+        events_path, items = _events_files(path, Path(items_path) if items_path else None)
+        _require(_header_columns(events_path), EVENT_COLUMNS, events_path)
+        if items:
+            _require(_header_columns(items), REQUIRED_ITEM_COLUMNS, items)
+    elif source == "online_retail":
+        _require(_header_columns(path), RETAIL_COLUMNS, path)
+    elif source == "movielens":
+        _movielens_files(path)
+    else:
+        raise ValueError(f"unknown source {source!r}")
+
+
+def _events_files(path: Path, items_path: Path | None = None) -> tuple[Path, Path | None]:
+    """The `events` source's files: `path` itself, or a folder's events.* (and its items.*, if any, unless
+    `items_path` is given)."""
+    _must_exist(path)
+    if path.is_dir():
+        events, items = _named(path, "events"), _named(path, "items")
+        if events is None:
+            raise InputError(f"{path}: folder has no events file ({_one_of(['events' + t for t in FILE_TYPES])})")
+        path, items_path = events, items_path or items
+    return path, items_path
+
+
+def _movielens_files(folder: Path) -> tuple[Path, Path]:
+    """MovieLens-1M's ratings.dat and movies.dat in `folder`."""
+    _must_exist(folder)
+    ratings, movies = (folder / name for name in MOVIELENS_FILES)
+    for p in (ratings, movies):
+        if not p.exists():
+            raise InputError(f"{p}: file not found (expected MovieLens-1M layout)")
+    return ratings, movies
+
+
+def _header_columns(path: Path) -> list[str]:
+    """The column names of a supported file, read cheaply: a CSV's header row, a Parquet file's schema."""
+    kind = _check_file(path)
+    if kind == ".parquet":
+        try:
+            return pq.read_schema(path).names
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise InputError(f"{path}: cannot be read ({exc})") from exc
+    return _csv_columns(path, _separator(kind))
+
+
+def _file_type(path: Path) -> str:
+    """The type `path` is read as, from its name ('.csv.gz': gzipped CSV); InputError for anything else."""
+    name = path.name.lower()
+    for kind in FILE_TYPES:
+        if name.endswith(kind):
+            return kind
+    found = repr(path.suffix) if path.suffix else "(no suffix)"
+    raise InputError(f"{path}: unsupported file type {found} (use {_one_of(FILE_TYPES)})")
+
+
+def _check_file(path: Path) -> str:
+    """Exists, is not empty and has a supported type: that type."""
+    _must_exist(path)
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: file is empty")
+    return _file_type(path)
+
+
+def _must_exist(path: Path) -> None:
+    if not path.exists():
+        raise InputError(f"{path}: not found (no such file or folder)")
+
+
+def _named(folder: Path, stem: str) -> Path | None:
+    """The first file of `folder` named `stem` + a supported type, e.g. events.parquet or events.csv.gz."""
+    names = {stem + kind for kind in FILE_TYPES}
+    return min((p for p in folder.iterdir() if p.name.lower() in names), default=None)
+
+
+def _one_of(names) -> str:
+    names = list(names)
+    return ", ".join(names[:-1]) + f" or {names[-1]}"
+
+
+def _separator(kind: str) -> str:
+    return TEXT_TYPES[kind.removesuffix(".gz")]
+
+
+def _require(columns: list, required: list[str], path: Path) -> None:
+    missing = [c for c in required if c not in columns]
+    if missing:
+        found = ", ".join(repr(str(c)) for c in columns)
+        hint = ""
+        if len(columns) == 1 and any(s in str(columns[0]) for s in (";", "\t", "|")):
+            hint = " (one column only: is the file separated by something else than commas?)"
+        raise InputError(f"{path}: missing required column(s) {', '.join(missing)}; found {found}{hint}")
+
+
+def _warn_extra(columns: list, contract: list[str], path: Path) -> None:
+    """Schema drift: columns outside the contract are ignored, with a warning naming them."""
+    extra = [str(c) for c in columns if c not in contract]
+    if extra:
+        log.warning("%s: ignoring unexpected column(s) %s (the contract reads %s)", path,
+                    ", ".join(map(repr, extra)), ", ".join(contract))
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading whole files
 
 
 def read_table(path: Path) -> pd.DataFrame:
-    """Read a Parquet or CSV file as a DataFrame (CSV as text, parsed later per column)."""
+    """Read a Parquet or CSV file (gzipped CSV too) as a DataFrame (CSV as text, parsed later per column)."""
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: file not found")
-    if path.stat().st_size == 0:
-        raise InputError(f"{path}: file is empty")
-    suffix = path.suffix.lower()
-    if suffix in (".csv", ".tsv", ".txt"):
-        return _read_csv(path, "\t" if suffix == ".tsv" else ",")
-    if suffix == ".parquet":
-        try:
-            return pq.read_table(path).to_pandas()
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise InputError(f"{path}: cannot be read ({exc})") from exc
-    raise InputError(f"{path}: unsupported file type {suffix!r} (use .parquet or .csv)")
+    kind = _check_file(path)
+    if kind != ".parquet":
+        return _read_csv(path, _separator(kind))
+    try:
+        return pq.read_table(path).to_pandas()
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputError(f"{path}: cannot be read ({exc})") from exc
+
+
+def _read_contract(path: Path, required: list[str], contract: list[str]) -> pd.DataFrame:
+    """A whole file, checked against its contract: required columns present, others warned about, rows present."""
+    df = read_table(path)
+    _require(list(df.columns), required, path)
+    _warn_extra(list(df.columns), contract, path)
+    if df.empty:
+        raise InputError(f"{path}: no rows")
+    return df
 
 
 def _read_csv(path: Path, sep: str) -> pd.DataFrame:
@@ -71,15 +203,7 @@ def _read_csv(path: Path, sep: str) -> pd.DataFrame:
     A row with fewer or more fields (a file cut mid-row, an unbalanced quote, a stray separator) is an
     InputError naming the data row (1-based, header excluded, as `source_row`), never padded or shifted.
     """
-    bad_byte = _first_non_utf8_byte(path)
-    if bad_byte is not None:
-        raise _utf8_error(path, sep, bad_byte)
-    header = _csv_header(path, sep)
-    if not header or not any(name.strip() for name in header):
-        raise InputError(f"{path}: file is empty (no header row)")
-    repeated = sorted({name for name in header if header.count(name) > 1})
-    if repeated:
-        raise InputError(f"{path}: column(s) {', '.join(map(repr, repeated))} appear more than once in the header")
+    header = _csv_columns(path, sep)
     bad_rows: list = []
 
     def on_bad_row(row) -> str:
@@ -87,7 +211,10 @@ def _read_csv(path: Path, sep: str) -> pd.DataFrame:
         return "error"
 
     try:
-        table = pacsv.read_csv(
+        bad_byte = _first_non_utf8_byte(path)
+        if bad_byte is not None:
+            raise _utf8_error(path, sep, bad_byte)
+        table = pacsv.read_csv(  # a .gz name is decompressed by pyarrow
             path,
             # single-threaded: faster than pandas anyway, and bad rows keep their row number
             read_options=pacsv.ReadOptions(use_threads=False),
@@ -97,26 +224,58 @@ def _read_csv(path: Path, sep: str) -> pd.DataFrame:
         )
     except pa.ArrowInvalid as exc:
         if bad_rows:
-            row = bad_rows[0]
-            where = f"row {row.number - 1}" if row.number else "a row"
-            hint = "truncated row?" if row.actual_columns < row.expected_columns else "unquoted separator in a value?"
-            if '"' in (row.text or ""):
-                hint = "unbalanced quote?" if row.actual_columns < row.expected_columns else hint
-            raise InputError(f"{path}: {where}: expected {row.expected_columns} fields like the header, found "
-                             f"{row.actual_columns} ({hint}): {_clip(row.text)!r}") from None
+            raise _bad_row_error(path, bad_rows[0]) from None
         raise InputError(f"{path}: cannot be read ({exc})") from exc
-    except OSError as exc:
+    except (OSError, EOFError) as exc:  # EOFError: a gzip stream cut short
         raise InputError(f"{path}: cannot be read ({exc})") from exc
     return table.to_pandas()
 
 
+def _bad_row_error(path: Path, row) -> InputError:
+    where = f"row {row.number - 1}" if row.number else "a row"
+    hint = "truncated row?" if row.actual_columns < row.expected_columns else "unquoted separator in a value?"
+    if '"' in (row.text or ""):
+        hint = "unbalanced quote?" if row.actual_columns < row.expected_columns else hint
+    return InputError(f"{path}: {where}: expected {row.expected_columns} fields like the header, found "
+                      f"{row.actual_columns} ({hint}): {_clip(row.text)!r}")
+
+
+def _open(path: Path):
+    """The file's bytes, decompressed when the name ends in .gz."""
+    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
+
+
+def _csv_columns(path: Path, sep: str) -> list[str]:
+    """The header row, checked: present, UTF-8, no name twice."""
+    try:
+        header = _csv_header(path, sep)
+    except (OSError, EOFError) as exc:
+        raise InputError(f"{path}: cannot be read ({exc})") from exc
+    if not any(name.strip() for name in header):
+        raise InputError(f"{path}: file is empty (no header row)")
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise InputError(f"{path}: column(s) {', '.join(map(repr, repeated))} appear more than once in the header")
+    return header
+
+
 def _csv_header(path: Path, sep: str) -> list[str]:
     """The header row (first non-blank record), as pyarrow will read it; a UTF-8 BOM is skipped."""
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        for record in csv.reader(fh, delimiter=sep):
-            if record:
-                return record
-    return []
+    with _open(path) as fh:
+        return next((record for record in csv.reader(_header_lines(path, fh), delimiter=sep) if record), [])
+
+
+def _header_lines(path: Path, fh):
+    """The lines of a binary file as text (any newline convention), read only as far as the caller asks."""
+    offset = 0
+    for line in fh:
+        start = len(UTF8_BOM) if offset == 0 and line.startswith(UTF8_BOM) else 0
+        try:
+            yield from io.StringIO(line[start:].decode("utf-8"), newline="")
+        except UnicodeDecodeError as exc:
+            bad = start + exc.start
+            raise _not_utf8(path, " header:", line[bad], offset + bad) from None
+        offset += len(line)
 
 
 def _clip(text: str | None, n: int = 80) -> str:
@@ -128,7 +287,7 @@ def _first_non_utf8_byte(path: Path, chunk: int = 1 << 24) -> int | None:
     """Offset of the first byte that is not UTF-8, or None (streamed: memory stays flat on big files)."""
     decoder = codecs.getincrementaldecoder("utf-8")()
     offset = 0
-    with open(path, "rb") as fh:
+    with _open(path) as fh:
         while True:
             block = fh.read(chunk)
             try:
@@ -141,22 +300,25 @@ def _first_non_utf8_byte(path: Path, chunk: int = 1 << 24) -> int | None:
 
 
 def _utf8_error(path: Path, sep: str, pos: int) -> InputError:
-    """InputError naming the data row (and column) of the byte at `pos`, the first one that is not UTF-8."""
-    data = path.read_bytes()  # error path only
+    """InputError naming the data row (and column) of the byte at `pos`, the first one that is not UTF-8 (the
+    header was checked before)."""
+    with _open(path) as fh:  # error path only
+        data = fh.read()
     line_start = data.rfind(b"\n", 0, pos) + 1
     line_end = data.find(b"\n", pos)
     line = data[line_start:] if line_end < 0 else data[line_start:line_end]
     # records before the bad line, header included (blank lines do not count, as for the reader)
     prefix = io.StringIO(data[:line_start].decode("utf-8-sig"), newline="")
     before = sum(1 for record in csv.reader(prefix, delimiter=sep) if record)
-    what = f"byte 0x{data[pos]:02x} at offset {pos}"
-    if before == 0:
-        return InputError(f"{path}: header: not valid UTF-8 ({what}); save the file as UTF-8")
     fields = next(csv.reader([line.decode("utf-8", errors="replace")], delimiter=sep), [])
     header = _csv_header_lenient(data, sep)
     column = next((header[i] for i, f in enumerate(fields) if "\ufffd" in f and i < len(header)), None)
     col = f" column {column!r}" if column is not None else ""
-    return InputError(f"{path}:{col} row {before}: not valid UTF-8 ({what}); save the file as UTF-8")
+    return _not_utf8(path, f"{col} row {before}:", data[pos], pos)
+
+
+def _not_utf8(path: Path, where: str, byte: int, offset: int) -> InputError:
+    return InputError(f"{path}:{where} not valid UTF-8 (byte 0x{byte:02x} at offset {offset}); save the file as UTF-8")
 
 
 def _csv_header_lenient(data: bytes, sep: str) -> list[str]:
@@ -164,22 +326,8 @@ def _csv_header_lenient(data: bytes, sep: str) -> list[str]:
     return next(csv.reader([text], delimiter=sep), [])
 
 
-def _require(df: pd.DataFrame, columns: list[str], path: Path) -> None:
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        found = ", ".join(repr(str(c)) for c in df.columns)
-        hint = ""
-        if len(df.columns) == 1 and any(s in str(df.columns[0]) for s in (";", "\t", "|")):
-            hint = " (one column only: is the file separated by something else than commas?)"
-        raise InputError(f"{path}: missing required column(s) {', '.join(missing)}; found {found}{hint}")
-
-
-def _warn_extra(df: pd.DataFrame, columns: list[str], path: Path) -> None:
-    """Schema drift: columns outside the contract are ignored, with a warning naming them."""
-    extra = [str(c) for c in df.columns if c not in columns]
-    if extra:
-        log.warning("%s: ignoring unexpected column(s) %s (the contract reads %s)", path,
-                    ", ".join(map(repr, extra)), ", ".join(columns))
+# --------------------------------------------------------------------------------------------------
+# Parsing columns into the raw contract
 
 
 def _ids(series: pd.Series) -> pd.Series:
@@ -242,6 +390,8 @@ def _to_raw_items(df: pd.DataFrame, path: Path) -> pa.Table:
             "category": df["category"].astype("string") if "category" in df else None,
             "price": _numbers(df["price"], "price", path) if "price" in df else float("nan"),
             "in_stock": _booleans(df["in_stock"], "in_stock", path) if "in_stock" in df else None,
+            "source_file": str(path),
+            "source_row": range(1, len(df) + 1),
         }
     )
     return pa.Table.from_pandas(out, schema=RAW_ITEMS_SCHEMA, preserve_index=False)
@@ -262,29 +412,23 @@ def _booleans(series: pd.Series, column: str, path: Path) -> pd.Series:
     return out
 
 
+def load(source: str, path: str, items_path: str | None = None) -> tuple[pa.Table, pa.Table]:
+    """The raw tables (events, items) of a file-based source: events, online_retail or movielens."""
+    if source == "events":
+        return load_events(Path(path), Path(items_path) if items_path else None)
+    if source == "online_retail":
+        return load_online_retail(Path(path))
+    if source == "movielens":
+        return load_movielens(Path(path))
+    raise ValueError(f"unknown source {source!r}")
+
+
 def load_events(path: Path, items_path: Path | None = None) -> tuple[pa.Table, pa.Table]:
-    """The documented `events` contract (Parquet or CSV); a folder may hold events.* and items.*."""
-    path = Path(path)
-    if path.is_dir():
-        found = sorted(p for p in path.iterdir() if p.stem == "events" and p.suffix in (".parquet", ".csv"))
-        if not found:
-            raise InputError(f"{path}: folder has no events.parquet or events.csv")
-        items_found = sorted(p for p in path.iterdir() if p.stem == "items" and p.suffix in (".parquet", ".csv"))
-        path, items_path = found[0], items_path or (items_found[0] if items_found else None)
-    df = read_table(path)
-    _require(df, EVENT_COLUMNS, path)
-    _warn_extra(df, EVENT_COLUMNS, path)
-    if df.empty:
-        raise InputError(f"{path}: no rows")
-    events = _to_raw_events(df, path)
-    if items_path:
-        items_path = Path(items_path)
-        items_df = read_table(items_path)
-        _require(items_df, ["item_id"], items_path)
-        _warn_extra(items_df, ITEM_COLUMNS, items_path)
-        if items_df.empty:  # an empty catalogue would quarantine every event as unknown_item
-            raise InputError(f"{items_path}: no rows")
-        items = _to_raw_items(items_df, items_path)
+    """The documented `events` contract (Parquet, CSV or gzipped CSV); a folder may hold events.* and items.*."""
+    path, items_path = _events_files(Path(path), Path(items_path) if items_path else None)
+    events = _to_raw_events(_read_contract(path, EVENT_COLUMNS, EVENT_COLUMNS), path)
+    if items_path:  # (an empty catalogue would quarantine every event as unknown_item: "no rows" is an error)
+        items = _to_raw_items(_read_contract(items_path, REQUIRED_ITEM_COLUMNS, ITEM_COLUMNS), items_path)
     else:  # no catalogue: every item seen in the events is known, without text or list price
         ids = pd.Series(events.column("item_id").to_pandas()).dropna().unique()
         items = _to_raw_items(pd.DataFrame({"item_id": ids}), path)
@@ -299,7 +443,7 @@ def load_online_retail(path: Path) -> tuple[pa.Table, pa.Table]:
     """
     path = Path(path)
     df = read_table(path)
-    _require(df, ["Invoice", "StockCode", "Description", "Quantity", "InvoiceDate", "Price", "Customer ID"], path)
+    _require(list(df.columns), RETAIL_COLUMNS, path)
     code = df["StockCode"].astype("string").str.strip().str.upper()
     qty = _numbers(df["Quantity"], "Quantity", path)
     is_return = df["Invoice"].astype("string").str.startswith("C") | (qty < 0)
@@ -329,11 +473,7 @@ def load_online_retail(path: Path) -> tuple[pa.Table, pa.Table]:
 
 def load_movielens(folder: Path) -> tuple[pa.Table, pa.Table]:
     """MovieLens-1M `ratings.dat` / `movies.dat` (`::`-separated, Latin-1): ratings -> `rating` events."""
-    folder = Path(folder)
-    ratings_path, movies_path = folder / "ratings.dat", folder / "movies.dat"
-    for p in (ratings_path, movies_path):
-        if not p.exists():
-            raise InputError(f"{p}: file not found (expected MovieLens-1M layout)")
+    ratings_path, movies_path = _movielens_files(Path(folder))
     ratings = pd.read_csv(ratings_path, sep="::", engine="python", header=None, encoding="latin-1",
                           names=["user_id", "item_id", "rating", "ts"], dtype=str)
     movies = pd.read_csv(movies_path, sep="::", engine="python", header=None, encoding="latin-1",

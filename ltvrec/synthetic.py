@@ -9,6 +9,7 @@ the dbt models must quarantine.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -21,6 +22,43 @@ NOUNS = ["mug", "lamp", "candle", "notebook", "cushion", "clock", "vase", "bag",
 CATEGORIES = ["kitchen", "home", "stationery", "garden", "party", "toys", "fashion", "decor", "lighting", "gifts"]
 
 
+@dataclass
+class Catalogue:
+    category: np.ndarray  # category code by item
+    by_category: list[np.ndarray]  # item indices of each category, in order (the "successor" chains)
+    price: np.ndarray
+    popularity: np.ndarray  # Zipf-like
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator, n_items: int) -> "Catalogue":
+        n_cat = max(1, min(len(CATEGORIES), n_items // 20))
+        category = np.arange(n_items) % n_cat
+        price = np.round(rng.lognormal(mean=1.5 + 0.15 * category, sigma=0.6), 2)
+        popularity = 1.0 / (1.0 + rng.permutation(n_items)) ** 0.8
+        return cls(category, [np.flatnonzero(category == c) for c in range(n_cat)], price, popularity)
+
+    def next_item(self, rng: np.random.Generator, item: int, prefs: np.ndarray) -> int:
+        """The successor in the item's category (60%), else a popular item of a preferred category."""
+        if item >= 0 and rng.random() < 0.6:
+            same = self.by_category[self.category[item]]
+            return same[(np.searchsorted(same, item) + 1) % len(same)]
+        candidates = self.by_category[rng.choice(prefs)]
+        weights = self.popularity[candidates] / self.popularity[candidates].sum()
+        return int(rng.choice(candidates, p=weights))
+
+
+def funnel(rng: np.random.Generator) -> list[tuple[str, int]]:
+    """(event type, seconds after the view) of one visit: a view, maybe a cart, a purchase, a return."""
+    steps = [("view", 0)]
+    if rng.random() < 0.35:
+        steps.append(("cart", 60))
+        if rng.random() < 0.6:
+            steps.append(("purchase", 120))
+            if rng.random() < 0.05:
+                steps.append(("return", 86400 * 7))
+    return steps
+
+
 def generate(
     n_users: int = 2000,
     n_items: int = 300,
@@ -31,73 +69,44 @@ def generate(
 ) -> tuple[pa.Table, pa.Table]:
     """Return (events, items) in the `events` source contract."""
     rng = np.random.default_rng(seed)
-    n_cat = max(1, min(len(CATEGORIES), n_items // 20))
-    item_cat = np.arange(n_items) % n_cat
-    cat_items = [np.flatnonzero(item_cat == c) for c in range(n_cat)]
-    price = np.round(rng.lognormal(mean=1.5 + 0.15 * item_cat, sigma=0.6), 2)
-    # Zipf-like popularity inside each category.
-    pop = 1.0 / (1.0 + rng.permutation(n_items)) ** 0.8
-
-    start = end - timedelta(days=days)
+    catalogue = Catalogue.draw(rng, n_items)
     span_s = days * 86400
     rate = rng.gamma(shape=1.2, scale=0.25, size=n_users)  # interactions per day while active
     first = rng.uniform(0, 0.75, size=n_users) * span_s
     lifetime = rng.exponential(scale=0.6, size=n_users) * span_s
-
     cols: dict[str, list] = {k: [] for k in ("user_id", "item_id", "event_type", "event_ts", "quantity", "unit_price")}
     for u in range(n_users):
         active_s = min(lifetime[u], span_s - first[u])
         n = max(1, min(400, rng.poisson(rate[u] * active_s / 86400) + 1))
         ts = np.sort(rng.uniform(first[u], first[u] + active_s, size=n))
-        prefs = rng.choice(n_cat, size=min(2, n_cat), replace=False)
+        prefs = rng.choice(len(catalogue.by_category), size=min(2, len(catalogue.by_category)), replace=False)
         item = -1
         for t in ts:
-            if item >= 0 and rng.random() < 0.6:
-                same = cat_items[item_cat[item]]
-                item = same[(np.searchsorted(same, item) + 1) % len(same)]
-            else:
-                cands = cat_items[rng.choice(prefs)]
-                w = pop[cands] / pop[cands].sum()
-                item = int(rng.choice(cands, p=w))
+            item = catalogue.next_item(rng, item, prefs)
             qty = int(rng.integers(1, 4))
-            steps = [("view", 0)]
-            if rng.random() < 0.35:
-                steps.append(("cart", 60))
-                if rng.random() < 0.6:
-                    steps.append(("purchase", 120))
-                    if rng.random() < 0.05:
-                        steps.append(("return", 86400 * 7))
-            for etype, delay in steps:
-                when = start + timedelta(seconds=float(t + delay))
+            for etype, delay in funnel(rng):
+                when = end - timedelta(days=days) + timedelta(seconds=float(t + delay))
                 if when > end:
                     break
-                cols["user_id"].append(f"u{u:06d}")
-                cols["item_id"].append(f"i{item:05d}")
-                cols["event_type"].append(etype)
-                cols["event_ts"].append(when)
-                cols["quantity"].append(float(qty))
-                cols["unit_price"].append(float(price[item]))
-
+                for key, value in zip(cols, (f"u{u:06d}", f"i{item:05d}", etype, when, float(qty),
+                                             float(catalogue.price[item]))):
+                    cols[key].append(value)
     if dirt:
         _add_dirt(cols, rng, end)
-    events = pa.table(
-        {
-            "user_id": pa.array(cols["user_id"], pa.string()),
-            "item_id": pa.array(cols["item_id"], pa.string()),
-            "event_type": pa.array(cols["event_type"], pa.string()),
-            "event_ts": pa.array(cols["event_ts"], pa.timestamp("us")),
-            "quantity": pa.array(cols["quantity"], pa.float64()),
-            "unit_price": pa.array(cols["unit_price"], pa.float64()),
-        }
-    )
-    items = pa.table(
-        {
-            "item_id": [f"i{i:05d}" for i in range(n_items)],
-            "title": [f"{ADJECTIVES[i % 10]} {NOUNS[(i // 10) % 12]} no. {i}" for i in range(n_items)],
-            "category": [CATEGORIES[c] for c in item_cat],
-            "price": price.astype(float),
-        }
-    )
+    return _tables(cols, catalogue)
+
+
+def _tables(cols: dict[str, list], catalogue: Catalogue) -> tuple[pa.Table, pa.Table]:
+    types = {"user_id": pa.string(), "item_id": pa.string(), "event_type": pa.string(),
+             "event_ts": pa.timestamp("us"), "quantity": pa.float64(), "unit_price": pa.float64()}
+    events = pa.table({key: pa.array(cols[key], kind) for key, kind in types.items()})
+    n_items = len(catalogue.category)
+    items = pa.table({
+        "item_id": [f"i{i:05d}" for i in range(n_items)],
+        "title": [f"{ADJECTIVES[i % 10]} {NOUNS[(i // 10) % 12]} no. {i}" for i in range(n_items)],
+        "category": [CATEGORIES[c] for c in catalogue.category],
+        "price": catalogue.price.astype(float),
+    })
     return events, items
 
 

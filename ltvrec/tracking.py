@@ -1,20 +1,116 @@
-"""MLflow set-up shared by the stages and the trainer."""
+"""MLflow for the pipeline: the experiment, one MLflow run per DAG run (named `<source>-<run date>`), and the
+registry's `@champion`. The trainer logs its own curves and model into the same run (models/train.py)."""
 
 from __future__ import annotations
 
-from ltvrec.config import mlflow_artifact_root, mlflow_tracking_uri
+import logging
+import shutil
+from pathlib import Path
+
+from ltvrec.config import RunConfig, mlflow_artifact_root, mlflow_tracking_uri, redact_url
+
+log = logging.getLogger("ltvrec")
+# MLflow 3's UI opens an experiment in its GenAI view unless it is marked as (classic) model development
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def configure(experiment: str) -> str:
-    """Point MLflow at the configured store; return the experiment id (created with a local artifact root)."""
+    """Point MLflow at the configured store; return the experiment id (created where missing)."""
     import mlflow
 
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
     mlflow.set_tracking_uri(mlflow_tracking_uri())
     found = mlflow.get_experiment_by_name(experiment)
     if found is not None:
         experiment_id = found.experiment_id
+        for key, value in EXPERIMENT_TAGS.items():
+            if found.tags.get(key) != value:
+                mlflow.MlflowClient().set_experiment_tag(experiment_id, key, value)
     else:
         location = mlflow_artifact_root() if mlflow_tracking_uri().startswith("sqlite:") else None
-        experiment_id = mlflow.create_experiment(experiment, artifact_location=location)
+        experiment_id = mlflow.create_experiment(experiment, artifact_location=location, tags=EXPERIMENT_TAGS)
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+def run_name(source: str, run_date: str | None) -> str:
+    return f"{source}-{run_date}" if run_date else source
+
+
+def start_run(cfg: RunConfig, run, airflow_run_id: str, dag_id: str) -> None:
+    """The DAG run's MLflow run, with the resolved config as params; its id is kept in the run folder."""
+    import mlflow
+
+    experiment_id = configure(cfg.experiment)
+    tags = {"airflow_run_id": airflow_run_id, "airflow_dag_id": dag_id, "source": cfg.source}
+    with mlflow.start_run(run_name=run_name(cfg.source, cfg.as_of), tags=tags) as started:
+        logged = cfg.to_dict() | {"warehouse_url": redact_url(cfg.warehouse_url)}
+        mlflow.log_params({f"cfg_{k}": v for k, v in logged.items()})
+    run.save_mlflow_run(started.info.run_id, experiment_id)
+
+
+def name_run(cfg: RunConfig, run_id: str, run_date: str) -> None:
+    """Name the run after its source and run date, once the features job has settled the date."""
+    from mlflow import MlflowClient
+
+    configure(cfg.experiment)
+    MlflowClient().update_run(run_id, name=run_name(cfg.source, run_date))
+
+
+def log_evaluation(cfg: RunConfig, run_id: str, metrics: dict[str, float], folder: Path) -> None:
+    import math
+
+    import mlflow
+
+    configure(cfg.experiment)
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_metrics({k: v for k, v in metrics.items() if v is not None and math.isfinite(v)})
+        mlflow.log_artifacts(str(folder), artifact_path=folder.name)
+
+
+def log_artifact(cfg: RunConfig, run_id: str, path: Path) -> None:
+    import mlflow
+
+    configure(cfg.experiment)
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_artifact(str(path))
+
+
+def set_run_tags(cfg: RunConfig, run_id: str, tags: dict[str, str]) -> None:
+    from mlflow import MlflowClient
+
+    configure(cfg.experiment)
+    for key, value in tags.items():
+        MlflowClient().set_tag(run_id, key, value)
+
+
+def champion_version(cfg: RunConfig) -> str | None:
+    """The version of the registered model that holds `@champion`, or None before the first promotion."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    configure(cfg.experiment)
+    try:
+        return str(MlflowClient().get_model_version_by_alias(cfg.registered_model, "champion").version)
+    except MlflowException:
+        return None
+
+
+def champion_checkpoint(cfg: RunConfig) -> tuple[str, Path]:
+    """(version, local checkpoint file) of the current `@champion`."""
+    from models.checkpoint import registry_checkpoint
+
+    version = champion_version(cfg)
+    if version is None:
+        raise RuntimeError(f"no @champion of {cfg.registered_model} in the registry ({mlflow_tracking_uri()})")
+    return version, registry_checkpoint(f"models:/{cfg.registered_model}/{version}")
+
+
+def copy_champion(cfg: RunConfig, target: Path) -> Path | None:
+    """The `@champion`'s checkpoint copied to `target` (warm start); None when there is no champion yet."""
+    if champion_version(cfg) is None:
+        log.info("warm start requested but %s has no champion yet: training from scratch", cfg.registered_model)
+        return None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(champion_checkpoint(cfg)[1], target)
+    return target

@@ -22,18 +22,9 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-IDENT = re.compile(r"^[a-z_][a-z0-9_]*$")
+from ltvrec.serving import SERVING_SCHEMAS
 
-SERVING_DDL = {
-    "recommendations": """(
-        run_date DATE NOT NULL, user_id VARCHAR NOT NULL, rank INTEGER NOT NULL, item_id VARCHAR NOT NULL,
-        score DOUBLE PRECISION NOT NULL, model_name VARCHAR NOT NULL, model_version VARCHAR NOT NULL,
-        mlflow_run_id VARCHAR NOT NULL, generated_at TIMESTAMP NOT NULL)""",
-    "ltv_estimates": """(
-        run_date DATE NOT NULL, user_id VARCHAR NOT NULL, horizon_days INTEGER NOT NULL,
-        p_active DOUBLE PRECISION NOT NULL, expected_value DOUBLE PRECISION NOT NULL,
-        model_version VARCHAR NOT NULL, mlflow_run_id VARCHAR NOT NULL, generated_at TIMESTAMP NOT NULL)""",
-}
+IDENT = re.compile(r"^[a-z_][a-z0-9_]*$")
 
 # One row per successful publish: what the next run's raw-volume gate compares with.
 PUBLISHED_RUNS_DDL = """(
@@ -43,7 +34,14 @@ PUBLISHED_RUNS_DDL = """(
 PG_TYPES = {
     pa.string(): "TEXT", pa.large_string(): "TEXT", pa.int64(): "BIGINT", pa.int32(): "INTEGER",
     pa.float64(): "DOUBLE PRECISION", pa.float32(): "REAL", pa.bool_(): "BOOLEAN", pa.date32(): "DATE",
+    pa.timestamp("us"): "TIMESTAMP",
 }
+
+
+def serving_ddl(table: str) -> str:
+    """Column definitions of a serving table, from its Arrow schema (every column NOT NULL)."""
+    columns = [f'"{f.name}" {PG_TYPES[f.type]} NOT NULL' for f in SERVING_SCHEMAS[table]]
+    return "(" + ", ".join(columns) + ")"
 
 
 def qualified(schema: str, table: str) -> str:
@@ -63,8 +61,8 @@ def connect(url: str) -> "Warehouse":
 
 def _check_tables(tables: dict) -> None:
     for table in tables:
-        if table not in SERVING_DDL:
-            raise ValueError(f"unknown serving table {table!r}: one of {', '.join(SERVING_DDL)}")
+        if table not in SERVING_SCHEMAS:
+            raise ValueError(f"unknown serving table {table!r}: one of {', '.join(SERVING_SCHEMAS)}")
 
 
 def _utcnow() -> datetime:
@@ -199,7 +197,7 @@ class DuckDBWarehouse(Warehouse):
         _check_tables(tables)
         counts = {}
         with self._connect() as con:
-            for schema, table, ddl in [("serving", t, SERVING_DDL[t]) for t in tables] + [("ops", "published_runs", PUBLISHED_RUNS_DDL)]:
+            for schema, table, ddl in [("serving", t, serving_ddl(t)) for t in tables] + [("ops", "published_runs", PUBLISHED_RUNS_DDL)]:
                 con.execute(f'create schema if not exists "{schema}"')
                 con.execute(f"create table if not exists {qualified(schema, table)} {ddl}")
             for table, data in tables.items():  # the bulk load, into connection-private staging tables
@@ -314,7 +312,7 @@ class PostgresWarehouse(Warehouse):
             cur.execute(f'create schema if not exists "{schema}"')
         cur.execute(f"create table if not exists {qualified('ops', 'published_runs')} {PUBLISHED_RUNS_DDL}")
         for table in tables:
-            cur.execute(f"create table if not exists {qualified('serving', table)} {SERVING_DDL[table]} "
+            cur.execute(f"create table if not exists {qualified('serving', table)} {serving_ddl(table)} "
                         f"partition by list (run_date)")
             cur.execute("select c.relkind from pg_class c join pg_namespace n on n.oid = c.relnamespace "
                         "where n.nspname = 'serving' and c.relname = %s", (table,))

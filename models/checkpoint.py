@@ -20,9 +20,8 @@ class LoadedModel:
         self.model.eval()
         self.item_ids: list[str] = ckpt["item_ids"]
         # catalogue price by model item index (0 = padding); value-aware ranking multiplies by it
-        self.item_price = np.asarray(ckpt.get("item_price") or [0.0] * (len(self.item_ids) + 1), dtype=np.float64)
+        self.item_price = np.asarray(ckpt["item_price"], dtype=np.float64)
         self.scaler = FeatureScaler.from_dict(ckpt["scaler"])
-        self.run_config: dict = ckpt["run_config"]
 
     @classmethod
     def from_file(cls, path: Path) -> "LoadedModel":
@@ -39,7 +38,7 @@ def registry_checkpoint(model_uri: str) -> Path:
     import mlflow
 
     local = Path(mlflow.artifacts.download_artifacts(model_uri))
-    found = sorted(local.rglob("final.pt")) or sorted(local.rglob("best.pt"))  # best.pt: models before refit
+    found = sorted(local.rglob("final.pt"))
     if not found:
         raise FileNotFoundError(f"{model_uri}: no checkpoint (final.pt) among the model's files")
     return found[0]

@@ -15,14 +15,12 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-RETURN_CODE = 5
 LTV_FEATURES = [
     "n_purchases", "n_purchase_days", "net_spend", "gross_spend", "returned_spend", "recency_days",
     "tenure_days", "n_events", "n_items", "spend_30d", "spend_90d", "spend_past_h", "avg_order_value",
-    "returns_share", "btyd_frequency", "btyd_recency", "btyd_T", "btyd_monetary_value"
+    "returns_share", "btyd_frequency", "btyd_recency", "btyd_T", "btyd_monetary_value", "spend_365d",
+    "spend_last_year_h",
 ]
-LEGACY_LTV_FEATURES = list(LTV_FEATURES)  # the scaler's features in checkpoints that do not name theirs
-LTV_FEATURES += ["spend_365d", "spend_last_year_h"]
 PRIOR_FILE = "ltv_prior"  # written beside the Spark features by the ltv_prior stage (models/ltv_prior.py)
 
 
@@ -55,7 +53,7 @@ class FeatureSet:
     types: list[np.ndarray]
     ts: list[np.ndarray]
     ltv: pd.DataFrame
-    split: dict
+    split: dict  # split.json: cut-offs, horizon, and the event types in code order (a type's code is its position + 1)
     # like item_ids: catalogue category (None when unknown) and availability (out-of-stock items are not recommended)
     item_category: np.ndarray | None = None
     item_in_stock: np.ndarray | None = None
@@ -64,6 +62,15 @@ class FeatureSet:
     def n_items(self) -> int:
         return len(self.item_ids) + 1
 
+    @property
+    def event_types(self) -> list[str]:
+        return list(self.split["event_types"])
+
+    @property
+    def return_code(self) -> int:
+        """The code of a return in `types` (returns are never targets)."""
+        return self.event_types.index("return") + 1
+
     @classmethod
     def load(cls, features_dir: Path) -> "FeatureSet":
         features_dir = Path(features_dir)
@@ -71,6 +78,10 @@ class FeatureSet:
         if not (items["item_idx"].to_numpy() == np.arange(1, len(items) + 1)).all():
             raise ValueError(f"{features_dir / 'items'}: item_idx must be 1..n without gaps")
         seq = pq.read_table(features_dir / "sequences").to_pandas().sort_values("user_id", ignore_index=True)
+        split = json.loads((features_dir / "split.json").read_text())
+        if "event_types" not in split:
+            raise ValueError(f"{features_dir / 'split.json'} has no event_types: these features come from an older "
+                             "features job; run the features stage again")
         price = np.concatenate([[0.0], items["price"].fillna(0.0).to_numpy(dtype=float)])
         return cls(
             item_ids=items["item_id"].to_numpy(dtype=object),
@@ -80,7 +91,7 @@ class FeatureSet:
             types=[np.asarray(x, dtype=np.int64) for x in seq["types"]],
             ts=[np.asarray(x, dtype=np.int64) for x in seq["ts"]],
             ltv=load_ltv(features_dir),
-            split=json.loads((features_dir / "split.json").read_text()),
+            split=split,
             item_category=items["category"].to_numpy(dtype=object) if "category" in items else None,
             item_in_stock=in_stock(items) if "in_stock" in items else None,
         )
@@ -111,12 +122,12 @@ class FeatureSet:
     def holdout(self, start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, list[set[int]]]:
         """Users with history before their `start` event and new (unseen) non-return items in events
         [start, end) (per-user event positions): their positions and target sets."""
-        users, targets = [], []
+        users, targets, return_code = [], [], self.return_code
         for u in range(len(self.users)):
             a, b = int(start[u]), int(end[u])
             if a == 0 or b <= a:
                 continue
-            window = self.items[u][a:b][self.types[u][a:b] != RETURN_CODE]
+            window = self.items[u][a:b][self.types[u][a:b] != return_code]
             new = set(window.tolist()) - set(self.items[u][:a].tolist())
             if new:
                 users.append(u)
@@ -179,10 +190,10 @@ class FeatureScaler:
 
     mean: np.ndarray
     std: np.ndarray
-    features: list[str] | None = None  # the columns, in order (None: LTV_FEATURES)
+    features: list[str]  # the columns, in order
 
     def __post_init__(self):
-        self.features = list(self.features or LTV_FEATURES)
+        self.features = list(self.features)
         if len(self.features) != len(self.mean):
             raise ValueError(f"scaler: {len(self.mean)} statistics for {len(self.features)} features")
 
@@ -194,8 +205,7 @@ class FeatureScaler:
         return np.sign(x) * np.log1p(np.abs(x))
 
     @classmethod
-    def fit(cls, frame: pd.DataFrame, features: list[str] | None = None) -> "FeatureScaler":
-        features = list(features or LTV_FEATURES)
+    def fit(cls, frame: pd.DataFrame, features: list[str]) -> "FeatureScaler":
         x = cls(np.zeros(len(features)), np.ones(len(features)), features)._log(frame)
         std = x.std(axis=0)
         return cls(x.mean(axis=0), np.where(std > 1e-6, std, 1.0), features)  # a constant column stays finite
@@ -208,4 +218,4 @@ class FeatureScaler:
 
     @classmethod
     def from_dict(cls, d: dict) -> "FeatureScaler":
-        return cls(np.asarray(d["mean"]), np.asarray(d["std"]), d.get("features") or LEGACY_LTV_FEATURES)
+        return cls(np.asarray(d["mean"]), np.asarray(d["std"]), d["features"])

@@ -37,8 +37,10 @@ def to_model_index(mapping: np.ndarray, items: list[np.ndarray], types: list[np.
 
 
 def evaluate_recommendations(fs: FeatureSet, loaded: LoadedModel, protocol: Protocol,
-                             factors: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, dict[str, float]]:
-    """Test-window metrics of the model, popularity and (when given, ALS) factor baselines."""
+                             factors: tuple[np.ndarray, np.ndarray] | None = None,
+                             baselines: bool = True) -> dict[str, dict[str, float]]:
+    """Test-window metrics of the model and, with `baselines`, of its value-aware ranking, popularity and (when
+    given, ALS) factor baselines."""
     users, targets = fs.holdout(protocol.valid_end, protocol.test_end)
     if len(users) == 0:
         return {}
@@ -53,6 +55,8 @@ def evaluate_recommendations(fs: FeatureSet, loaded: LoadedModel, protocol: Prot
         return ranking_metrics(topk, targets, KS, n, item_price=price)
 
     results = {"model": metrics(to_run[topk_model])}
+    if not baselines:
+        return results
     if (loaded.item_price > 0).any():  # value-aware ranking (rank_by=expected_value), where items have prices
         topk_value, _, _ = model_topk(loaded.model, its, tys, k=max(KS), item_value=loaded.item_price, ts=times)
         results["model_expected_value"] = metrics(to_run[topk_value])

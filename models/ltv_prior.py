@@ -83,3 +83,23 @@ def fit_prior(ltv: pd.DataFrame, horizon_days: float) -> tuple[pd.DataFrame, dic
             "ltv_prior": np.maximum(prior, floor)}))
     out = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["user_id", "cutoff", *PRIOR_COLUMNS])
     return out, factors
+
+
+def write_prior(features_dir, horizon_days: float) -> dict:
+    """Fit the prior on the Spark LTV features and write it beside them (features/ltv_prior, read by
+    models.data.load_ltv); returns the stage's record (seasonal factors, rows)."""
+    from pathlib import Path
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from models.data import PRIOR_FILE
+
+    ltv = pq.ParquetDataset(Path(features_dir) / "ltv_features").read().to_pandas()
+    if ltv.empty:  # e.g. ratings only: no customers, no LTV head to correct
+        return {"customers": 0}
+    prior, factors = fit_prior(ltv, horizon_days)
+    out = Path(features_dir) / PRIOR_FILE
+    out.mkdir(exist_ok=True)
+    pq.write_table(pa.Table.from_pandas(prior, preserve_index=False), out / "part-0.parquet")
+    return {"seasonal_factors": factors, "rows": {"ltv_prior": len(prior)}}

@@ -108,3 +108,31 @@ def factor_topk(user_vecs: torch.Tensor, item_vecs: torch.Tensor, seen: list[np.
         mask_seen(scores, seen[start : start + chunk])
         out.append(scores.topk(k, dim=1).indices.numpy())
     return np.concatenate(out) if out else np.zeros((0, k), np.int64)
+
+
+def interaction_counts(fs, ends: np.ndarray):
+    """The implicit-feedback matrix of the ALS baseline (jobs/als_baseline.py): (user_pos, item_idx, weight = the
+    user's events on the item) over each user's first ends[u] events."""
+    import pandas as pd
+
+    users = np.arange(len(fs.users))
+    items, _, _ = fs.prefixes(ends, users)
+    pairs = pd.DataFrame({"user_pos": np.repeat(users, [len(i) for i in items]).astype(np.int32),
+                          "item_idx": np.concatenate(items).astype(np.int32)})
+    return pairs.value_counts().rename("weight").reset_index().astype({"weight": np.float32})
+
+
+def load_factors(als_dir, n_users: int, n_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ALS job's (user vectors by user position, item vectors by item index with row 0 = padding); zeros where
+    the job has no vector (a user or item without interactions)."""
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    def load(name: str, n: int) -> np.ndarray:
+        frame = pq.ParquetDataset(Path(als_dir) / name).read().to_pandas()
+        out = np.zeros((n, len(frame["features"].iloc[0])), dtype=np.float32)
+        out[frame["id"].to_numpy()] = np.stack(frame["features"].to_numpy())
+        return out
+
+    return load("user_factors", n_users), load("item_factors", n_items)

@@ -9,7 +9,7 @@ Sequences are left-padded with item 0; padding never reaches a real position thr
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +20,7 @@ from torch import nn
 class ModelConfig:
     n_items: int  # catalogue size + 1 (index 0 is padding)
     n_ltv_features: int
-    n_event_types: int = 6  # 0 = padding, then ltvrec.config.EVENT_TYPES
+    n_event_types: int  # the features' event types + 1 (code 0 is padding)
     max_len: int = 50
     d_model: int = 64
     n_heads: int = 2
@@ -28,14 +28,18 @@ class ModelConfig:
     dropout: float = 0.2
     text_dim: int = 0  # > 0: item text vectors (buffer `item_text`) are projected and added to item embeddings
     time_gaps: bool = False  # add an embedding of the time since the previous event (time_gap_buckets)
-    ltv_user_dim: int = 8  # the shared user vector enters the LTV head through this bottleneck (0: it does not)
-    # upper bound of the lognormal sigma (None: unbounded softplus, as in checkpoints before the bound existed).
-    # exp(mu + sigma^2 / 2) explodes for customers outside the training window's range when sigma is free.
-    ltv_sigma_max: float | None = None
+    ltv_user_dim: int = 0  # the shared user vector enters the LTV head through this bottleneck (0: it does not)
+    # upper bound of the lognormal sigma, which lies in (0.05, ltv_sigma_max]: with a free sigma,
+    # exp(mu + sigma^2 / 2) explodes for customers outside the training window's range
+    ltv_sigma_max: float = 2.0
     # mu = log(prior) + the head's output, the prior being models/ltv_prior.py's seasonal BG/NBD + Gamma-Gamma value
     ltv_prior: bool = False
     # predictions keep this share of the head's correction of the prior, in log space (see ltv_estimate)
     ltv_correction_weight: float = 1.0
+
+    def __post_init__(self):
+        if not self.ltv_sigma_max > 0.05:
+            raise ValueError(f"ltv_sigma_max must be > 0.05 (sigma's lower bound), got {self.ltv_sigma_max!r}")
 
 
 # codes of the time since the previous event: 0 padding, 1 none (first event of the window), 2 the same second (one
@@ -149,17 +153,16 @@ class SeqRecModel(nn.Module):
 
     def ltv_params(self, user_vec: torch.Tensor | None, feats: torch.Tensor, prior: torch.Tensor | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """ZILN parameters: purchase logit, lognormal mu and sigma (> 0). With cfg.ltv_prior, `prior` (> 0, one per
-        row) is required and mu = log(prior) + the head's output: the head learns a correction of the prior."""
+        """ZILN parameters: purchase logit, lognormal mu and sigma (in (0.05, ltv_sigma_max]). With cfg.ltv_prior,
+        `prior` (> 0, one per row) is required and mu = log(prior) + the head's output: the head learns a correction
+        of the prior."""
         out = self.ltv_head(torch.cat([self.ltv_user(user_vec), feats], dim=-1) if self.cfg.ltv_user_dim else feats)
         mu = out[:, 1]
         if self.cfg.ltv_prior:
             if prior is None:
                 raise ValueError("this model's LTV head corrects a prior (ltv_prior): pass the customers' ltv_prior")
             mu = mu + torch.log(prior.to(mu.dtype))
-        if self.cfg.ltv_sigma_max:
-            return out[:, 0], mu, 0.05 + (self.cfg.ltv_sigma_max - 0.05) * torch.sigmoid(out[:, 2])
-        return out[:, 0], mu, F.softplus(out[:, 2]) + 1e-3
+        return out[:, 0], mu, 0.05 + (self.cfg.ltv_sigma_max - 0.05) * torch.sigmoid(out[:, 2])
 
     def ltv_estimate(self, user_vec: torch.Tensor | None, feats: torch.Tensor, prior: torch.Tensor | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -292,7 +295,3 @@ def ziln_expected_value(logit, mu, sigma) -> tuple[torch.Tensor, torch.Tensor]:
     """(p_active, expected value) with E[y] = p * exp(mu + sigma^2 / 2)."""
     p = torch.sigmoid(logit)
     return p, p * torch.exp(mu + 0.5 * sigma**2)
-
-
-def config_dict(cfg: ModelConfig) -> dict:
-    return asdict(cfg)

@@ -166,12 +166,11 @@ def stream_scores(fs: FeatureSet, loaded: LoadedModel, top_n: int, rank_by: str 
     columns = loaded.scaler.features
     features = pd.DataFrame(np.nan, index=np.arange(len(fs.users)), columns=columns)
     features.loc[ltv["user_pos"].to_numpy(), columns] = ltv[columns].fillna(0.0).to_numpy(dtype=float)
+    ends = np.array([fs.cut(u, end) for u in range(len(fs.users))], dtype=np.int64)
     for start in range(0, len(fs.users), group):
-        users = [u for u in range(start, min(start + group, len(fs.users))) if fs.cut(u, end) > 0]
-        cuts = [fs.cut(u, end) for u in users]
-        yield scorer.score(fs.users[users], [fs.items[u][:n] for u, n in zip(users, cuts)],
-                           [fs.types[u][:n] for u, n in zip(users, cuts)], features.iloc[users].reset_index(drop=True),
-                           [fs.ts[u][:n] for u, n in zip(users, cuts)])
+        users = np.flatnonzero(ends[start:start + group] > 0) + start
+        items, types, times = fs.prefixes(ends, users)
+        yield scorer.score(fs.users[users], items, types, features.iloc[users].reset_index(drop=True), times)
 
 
 def score_recommendations(fs: FeatureSet, loaded: LoadedModel, top_n: int, rank_by: str = "relevance",

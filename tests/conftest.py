@@ -62,7 +62,7 @@ def spark_features():
 
     import pandas as pd
 
-    from ltvrec.config import PROJECT_ROOT
+    from ltvrec.config import EVENT_TYPES, PROJECT_ROOT
 
     def run(tmp: Path, events: list[tuple], items: pd.DataFrame) -> Path:
         ev = pd.DataFrame(events, columns=["user_id", "item_id", "event_type", "event_ts", "amount"])
@@ -74,7 +74,8 @@ def spark_features():
         cmd = [str(Path(sys.executable).parent / "spark-submit"), "--master", "local[1]", "--conf", "spark.ui.enabled=false",
                str(PROJECT_ROOT / "jobs" / "features.py"), "--events", str(tmp / "fct_events.parquet"),
                "--items", str(tmp / "dim_items.parquet"), "--out", str(tmp / "out"), "--as-of", "2024-04-09",
-               "--horizon-days", "30", "--holdout-days", "7"]
+               "--horizon-days", "30", "--holdout-days", "7", "--ltv-train-windows", "1",
+               "--event-types", ",".join(EVENT_TYPES)]
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYSPARK_PYTHON": sys.executable})
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         return tmp / "out"

@@ -1,25 +1,28 @@
 """Bad-input matrix (issue 5): every class of bad input ends in a clear error or a documented outcome.
 
 One table, `MATRIX`, lists the cases; each is a small CSV and what must happen to it, through the code a run
-uses (`ltvrec.sources.load_events`, then `Warehouse.replace_table` and an in-process `dbt build` as
-`ltvrec.stages.ingest` / `dbt_build` do):
+uses (`ltvrec.sources.load_events`, then `Warehouse.replace_table` and `ltvrec.cleaning.dbt_build`, as the
+ingest and dbt_build stages do):
 
 - `Rejected`: `load_events` raises `InputError`; the message starts with the file and names the row and/or
   the column.
 - `Quarantined`: the file loads; after `dbt build` each listed data row is in `marts.events_quarantine` with
   its documented `reject_reason`, or (reason None) in `marts.fct_events`. Every quarantine case is one
-  section of ONE events file built once per warehouse (DuckDB, and PostgreSQL on a real server), so each
-  case's rows are at an offset there; user ids are distinct per case so that no two cases are duplicates
-  of each other.
+  section of ONE events file, gzipped as exports often are (events.csv.gz), built once per warehouse (DuckDB,
+  and PostgreSQL on a real server), so each case's rows are at an offset there; user ids are distinct per case
+  so that no two cases are duplicates of each other. Its catalogue lists every item twice, the second time
+  with another price (`test_conflicting_catalogue_rows_are_quarantined`).
 - `Parsed`: the file loads, quietly, to the listed values.
 - `Warned`: the file loads and a warning on the `ltvrec` logger names what was ignored.
 
 Class 12 (a single user or a single item) needs the whole pipeline: `test_a_single_user_still_publishes`
-below and `tests/test_e2e.py::test_a_one_item_catalogue_still_publishes_ltv`.
+below and `tests/test_e2e.py::test_a_one_item_catalogue_still_publishes_ltv`. What can be refused before a run
+starts (`ltvrec.sources.check_input`) is checked at the end.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import os
@@ -27,6 +30,7 @@ import re
 import subprocess
 import sys
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -35,12 +39,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ltvrec import sources, warehouse
+from ltvrec import cleaning, sources, warehouse
 
-PROJECT_DIR = Path(__file__).resolve().parents[1] / "dbt_project"
 AS_OF = "2024-06-30"  # the run date: events after the end of this day are in the future
 HEADER = "user_id,item_id,event_type,event_ts,quantity,unit_price"
 ITEMS = "item_id,title,category,price\ni1,Mug,kitchen,8.5\ni2,Lamp,home,30\ni3,Pen,office,1.2\n"
+ITEMS_RELISTED = "i1,Mug,kitchen,9\ni2,Lamp,home,32\ni3,Pen,office,1.5\n"  # the same items, other prices
 
 
 def csv(*rows: str, header: str = HEADER) -> str:
@@ -254,6 +258,13 @@ MATRIX = [
          Rejected(r"column 'item_id' row 2: not valid UTF-8")),
     Case(10, "utf-16", csv(f"u1,i1,view,{T},1,").encode("utf-16"), Rejected(r"header: not valid UTF-8 \(byte 0xff")),
     Case(10, "utf-8-with-bom", b"\xef\xbb\xbf" + csv(f"u1,i1,view,{T},1,").encode(), Parsed({"user_id": ["u1"]})),
+    Case(10, "gzipped-export", gzip.compress(csv(f"u1,i1,view,{T},1,", f"u2,i2,purchase,{T},2,3.5").encode()),
+         Parsed({"user_id": ["u1", "u2"], "quantity": [1.0, 2.0], "unit_price": [None, 3.5]}),
+         events_name="events.csv.gz"),
+    Case(10, "latin-1-inside-gzip", gzip.compress(csv(f"u1,i1,view,{T},1,", f"u1,caf\xe9,view,{T},1,").encode("latin-1")),
+         Rejected(r"column 'item_id' row 2: not valid UTF-8 \(byte 0xe9", file="events.csv.gz"), events_name="events.csv.gz"),
+    Case(10, "gzip-cut-short", gzip.compress(csv(*[f"u{k},i1,view,{T},1," for k in range(50)]).encode())[:-12],
+         Rejected(r"cannot be read", file="events.csv.gz"), events_name="events.csv.gz"),
     Case(10, "latin-1-items-file", csv(f"u1,i1,view,{T},1,"),
          Rejected(r"column 'title' row 1: not valid UTF-8", file="items.csv"), items="item_id,title\ni1,Caf\xe9\n".encode("latin-1")),
     # 11 extra unexpected columns (schema drift) ---------------------------------------------------------
@@ -310,44 +321,41 @@ def test_parquet_with_wrong_types_names_the_column_and_row(tmp_path):
 
 @pytest.fixture(scope="module")
 def quarantine_input(tmp_path_factory):
-    """All quarantine cases in one events.csv (in MATRIX order) and the shared catalogue."""
+    """All quarantine cases in one gzipped events file (in MATRIX order) and the shared catalogue, every item
+    listed twice."""
     folder = tmp_path_factory.mktemp("bad_input")
     lines, offsets = [HEADER], {}
     for case in QUARANTINE_CASES:
         offsets[case.id] = len(lines) - 1
         lines += case.events.strip("\n").splitlines()[1:]
-    events = write(folder / "events.csv", "\n".join(lines) + "\n")
-    items = write(folder / "items.csv", ITEMS)
+    events = write(folder / "events.csv.gz", gzip.compress(("\n".join(lines) + "\n").encode()))
+    items = write(folder / "items.csv", ITEMS + ITEMS_RELISTED)
     return events, items, offsets
 
 
 def build_marts(url: str, quarantine_input, tmp: Path) -> dict:
     """What `ltvrec run` does for these stages: load_events -> raw tables -> dbt build (as_of given)."""
-    from dbt.cli.main import dbtRunner
-
     events_path, items_path, offsets = quarantine_input
     events, items = sources.load_events(events_path, items_path)
     wh = warehouse.connect(url)
     wh.replace_table("raw", "events", events)
     wh.replace_table("raw", "items", items)
-    target, env = wh.dbt_target()
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in env.items():
-            mp.setenv(key, value)
-        result = dbtRunner().invoke(["build", "--project-dir", str(PROJECT_DIR), "--profiles-dir", str(PROJECT_DIR),
-                                     "--target", target, "--vars", json.dumps({"as_of": AS_OF}),
-                                     "--target-path", str(tmp / "target"), "--log-path", str(tmp / "logs")])
-    failed = [f"{r.node.name}: {r.status} {r.message}" for r in (result.result or []) if str(r.status) in ("error", "fail")]
-    assert result.success, f"dbt build on {target} failed: {result.exception} {failed}"
+    record = cleaning.dbt_build(wh, AS_OF, tmp / "target", tmp / "logs")  # raises naming the failed nodes
     fct = wh.query("select event_id, user_id, item_id, event_type, event_ts, quantity, unit_price from marts.fct_events")
     quarantine = wh.query("select source_row, reject_reason, source_file from marts.events_quarantine")
     n_raw = wh.query("select count(*) as n from raw.events").to_pylist()[0]["n"]
     assert fct.num_rows + quarantine.num_rows == n_raw == events.num_rows
+    items_quarantine = wh.query("select source_row, reject_reason, source_file from marts.items_quarantine").to_pylist()
+    prices = wh.query("select item_id, price from marts.dim_items").to_pylist()
     return {
         "offsets": offsets,
         "events_path": events_path,
+        "items_path": items_path,
+        "record": record,
         "fct_events": {r["event_id"]: r for r in fct.to_pylist()},
         "quarantine": {r["source_row"]: (r["reject_reason"], r["source_file"]) for r in quarantine.to_pylist()},
+        "items_quarantine": {r["source_row"]: (r["reject_reason"], r["source_file"]) for r in items_quarantine},
+        "prices": {r["item_id"]: r["price"] for r in prices},
     }
 
 
@@ -371,6 +379,75 @@ def built_postgres(quarantine_input, tmp_path_factory, pg_dsn):
     finally:
         with psycopg.connect(pg_dsn, autocommit=True) as admin:
             admin.execute(f'drop database if exists "{name}" with (force)')
+
+
+@pytest.mark.parametrize("warehouse", ["duckdb", "postgres"])
+def test_conflicting_catalogue_rows_are_quarantined(warehouse, request):
+    """Every item listed twice, the second time with another price: the second rows land in
+    marts.items_quarantine as conflicting_item, the first row of each item is the catalogue."""
+    built = request.getfixturevalue(f"built_{warehouse}")
+    assert built["items_quarantine"] == {row: ("conflicting_item", str(built["items_path"])) for row in (4, 5, 6)}
+    assert {item: built["prices"][item] for item in ("i1", "i2", "i3")} == {"i1": 8.5, "i2": 30.0, "i3": 1.2}
+    assert built["record"]["quarantine_items"] == {"conflicting_item": 3}
+    assert built["record"]["rows"]["items_quarantined"] == 3
+    assert built["record"]["quarantine"] == dict(Counter(reason for reason, _ in built["quarantine"].values()))
+
+
+# --------------------------------------------------------------------------------------------------
+# Refused before the run starts: sources.check_input reads paths, names, headers and schemas only
+
+
+def semicolon_file(folder: Path) -> Path:
+    return write(folder / "events.csv", csv("u1;i1;view;2024-01-01;1;1", header=HEADER.replace(",", ";")))
+
+
+@pytest.mark.parametrize("make, match", [
+    pytest.param(lambda folder: folder / "missing.csv", r"not found \(no such file or folder\)$", id="missing-path"),
+    pytest.param(lambda folder: (folder / "export").mkdir() or folder / "export",
+                 r"folder has no events file \(events.parquet, events.csv, .*events.csv.gz, .*\)$", id="empty-folder"),
+    pytest.param(semicolon_file, r"missing required column\(s\) user_id, .*separated by something else than commas",
+                 id="semicolon-separated"),
+    pytest.param(lambda folder: write(folder / "events.xlsx", b"PK\x03\x04 a spreadsheet"),
+                 r"unsupported file type '.xlsx' \(use .parquet, .csv, .tsv, .txt, .csv.gz, .tsv.gz or .txt.gz\)$",
+                 id="xlsx"),
+])
+def test_check_input_refuses_with_one_plain_message(make, match, tmp_path):
+    path = make(tmp_path)
+    with pytest.raises(sources.InputError) as info:
+        sources.check_input("events", str(path), None)
+    message = str(info.value)
+    assert message.startswith(f"{path}: ") and "\n" not in message, message
+    assert re.search(match, message), message
+
+
+def test_check_input_says_what_the_full_read_says(tmp_path):
+    """One rule, one place: the up-front check and the ingest refuse a file with the same message."""
+    path = semicolon_file(tmp_path)
+    with pytest.raises(sources.InputError) as before_the_run:
+        sources.check_input("events", str(path), None)
+    with pytest.raises(sources.InputError) as at_ingest:
+        sources.load_events(path)
+    assert str(before_the_run.value) == str(at_ingest.value)
+
+
+def test_check_input_accepts_what_the_sources_read(tmp_path):
+    """A folder of gzipped CSV exports, a Parquet file with the contract's columns, a MovieLens folder."""
+    write(tmp_path / "events.csv.gz", gzip.compress(csv(f"u1,i1,view,{T},1,").encode()))
+    write(tmp_path / "items.csv.gz", gzip.compress(ITEMS.encode()))
+    sources.check_input("events", str(tmp_path), None)
+    events, items = sources.load_events(tmp_path)
+    assert events.column("user_id").to_pylist() == ["u1"] and items.column("item_id").to_pylist() == ["i1", "i2", "i3"]
+    parquet = tmp_path / "retail.parquet"
+    pq.write_table(pa.table({name: ["x"] for name in sources.RETAIL_COLUMNS}), parquet)
+    sources.check_input("online_retail", str(parquet), None)
+    with pytest.raises(sources.InputError, match=r"missing required column\(s\) user_id, item_id"):
+        sources.check_input("events", str(parquet), None)  # a Parquet file's columns come from its schema
+    for name in sources.MOVIELENS_FILES:
+        write(tmp_path / name, "1::1::5::978300760\n")
+    sources.check_input("movielens", str(tmp_path), None)
+    (tmp_path / "not_movielens").mkdir()
+    with pytest.raises(sources.InputError, match=r"ratings.dat: file not found \(expected MovieLens-1M layout\)"):
+        sources.check_input("movielens", str(tmp_path / "not_movielens"), None)
 
 
 # --------------------------------------------------------------------------------------------------

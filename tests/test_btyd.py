@@ -42,7 +42,7 @@ EXPECTED = {  # (cutoff, user): frequency, recency, T, monetary_value
 @pytest.fixture(scope="module")
 def ltv_features(tmp_path_factory, spark_features) -> pd.DataFrame:
     items = pd.DataFrame({"item_id": ["i1", "i2", "i3"], "title": ["A", "B", "C"], "category": ["x"] * 3,
-                          "price": [10.0, 7.0, 30.0]})
+                          "price": [10.0, 7.0, 30.0], "in_stock": [True] * 3})
     out = spark_features(tmp_path_factory.mktemp("btyd_features"), EVENTS, items)
     return pq.read_table(out / "ltv_features").to_pandas().set_index(["cutoff", "user_id"])
 

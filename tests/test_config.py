@@ -32,8 +32,8 @@ def test_bad_values_name_the_key(values, message):
 
 def test_round_trip(tmp_path):
     cfg = RunConfig.from_dict({"source": "events", "path": "/x.parquet", "top_n": 5, "lr": 1})
-    cfg.save(tmp_path)
-    assert RunConfig.load(tmp_path) == cfg
+    cfg.save(tmp_path / "config.json")
+    assert RunConfig.load(tmp_path / "config.json") == cfg
 
 
 def test_defaults_depend_on_the_source_and_explicit_values_win():
@@ -46,8 +46,8 @@ def test_defaults_depend_on_the_source_and_explicit_values_win():
 
 
 def test_resolved_defaults_survive_a_round_trip(tmp_path):
-    RunConfig.from_dict({"source": "movielens", "path": "/ml-1m"}).save(tmp_path)
-    assert RunConfig.load(tmp_path).max_seq_len == 200
+    RunConfig.from_dict({"source": "movielens", "path": "/ml-1m"}).save(tmp_path / "config.json")
+    assert RunConfig.load(tmp_path / "config.json").max_seq_len == 200
 
 
 def test_demo_passes_a_valid_config_to_run(monkeypatch):
@@ -74,3 +74,48 @@ def test_the_warehouse_can_come_from_an_airflow_connection(monkeypatch):
     assert (env["LTVREC_PG_HOST"], env["LTVREC_PG_PORT"], env["LTVREC_PG_USER"], env["LTVREC_PG_PASSWORD"],
             env["LTVREC_PG_DBNAME"]) == ("db.example", "5433", "ltv", "pa@ss", "analytics")
     assert "pa%40ss" not in redact_url(cfg.resolved_warehouse_url) and "***" in redact_url(cfg.resolved_warehouse_url)
+
+
+def test_the_readme_params_table_is_the_generated_one():
+    from ltvrec.config import PROJECT_ROOT, params_markdown
+
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    start, end = readme.index("<!-- params:start"), readme.index("<!-- params:end -->")
+    table = readme[readme.index("\n", start) + 1:end].strip()
+    assert table == params_markdown(), "README params table is stale: paste the output of `ltvrec params`"
+
+
+def test_every_knob_is_a_cli_option_and_a_dag_param():
+    import typer.main
+
+    from ltvrec import cli
+    from ltvrec.config import dag_params, knobs
+
+    command = typer.main.get_command(cli.app).commands["run"]
+    options = {opt for p in command.params for opt in p.opts}
+    names = [f.name for f in knobs()]
+    assert {f"--{n.replace('_', '-')}" for n in names} <= options
+    assert set(dag_params()) == set(names)
+
+
+def test_the_cli_passes_only_what_was_given(monkeypatch):
+    from typer.testing import CliRunner
+
+    from ltvrec import cli
+
+    seen = {}
+    monkeypatch.setattr(cli, "execute", lambda params, verbose: seen.update(params=params, verbose=verbose))
+    result = CliRunner().invoke(cli.app, ["run", "--top-n", "5", "--no-item-text", "--conf", '{"holdout_days": 7}'])
+    assert result.exit_code == 0, result.output
+    assert seen == {"params": {"top_n": 5, "item_text": False, "holdout_days": 7}, "verbose": False}
+
+
+def test_bad_params_are_one_plain_message_before_airflow(monkeypatch):
+    from typer.testing import CliRunner
+
+    from ltvrec import cli
+
+    monkeypatch.setattr(cli, "airflow_env", lambda: pytest.fail("Airflow must not start"))
+    result = CliRunner().invoke(cli.app, ["run", "--top-n", "0"])
+    assert result.exit_code == 2 and "config key 'top_n' must be >= 1" in result.output
+    assert "Traceback" not in result.output

@@ -10,8 +10,6 @@ set (that role needs CREATEDB: each run works in a fresh database that is droppe
 
 from __future__ import annotations
 
-import json
-import os
 import uuid
 from datetime import datetime
 from pathlib import Path
@@ -20,15 +18,17 @@ import pytest
 
 pytest.importorskip("dbt.cli.main")
 
-PROJECT_DIR = Path(__file__).resolve().parents[1] / "dbt_project"
+from ltvrec import warehouse  # noqa: E402
+from ltvrec.cleaning import dbt_vars, run_dbt  # noqa: E402
 
 AS_OF = "2024-01-10"
-DBT_VARS = {"as_of": AS_OF, "min_event_ts": "1990-01-01", "max_quantity": 10000, "max_unit_price": 100000}
+DBT_VARS = dbt_vars(AS_OF) | {"min_event_ts": "1990-01-01", "max_quantity": 10000, "max_unit_price": 100000}
 
 RAW_DDL = {
     "events": """(user_id varchar, item_id varchar, event_type varchar, event_ts timestamp,
         quantity double precision, unit_price double precision, source_file varchar, source_row bigint)""",
-    "items": "(item_id varchar, title varchar, category varchar, price double precision, in_stock boolean)",
+    "items": """(item_id varchar, title varchar, category varchar, price double precision, in_stock boolean,
+        source_file varchar, source_row bigint)""",
 }
 
 
@@ -72,15 +72,18 @@ EVENTS = [
     (32, "u5", "i2", "rating", "2024-01-05 00:00:00", 0.0, None, "invalid_quantity"),
 ]
 
+# (item_id, title, category, price, in_stock); source_row is the position (1-based)
 ITEMS = [
     ("i1", "Item One", "cat_a", 10.0, None),
-    ("i1", None, "cat_dup", 99.0, False),  # duplicate id without a title: dropped
+    ("i1", None, "cat_dup", 99.0, False),  # same id, other values: conflicting_item, the first row is kept
     ("i2", "Item Two", None, 0.0, True),  # price from the median purchase price (4, 8, 30) -> 8
     ("i3", None, "cat_b", None, False),  # no purchases -> price 0, title falls back to the id; out of stock
     (" i4 ", "", "", -1.0, None),  # never seen in events
-    (None, "orphan", "x", 1.0, None),  # no id: dropped
-    ("", "empty id", "x", 1.0, None),  # no id: dropped
+    (None, "orphan", "x", 1.0, None),  # no id: missing_item_id
+    ("", "empty id", "x", 1.0, None),  # no id: missing_item_id
+    ("i2", "Item Two", None, 0.0, True),  # exact copy of row 3: duplicate_item
 ]
+EXPECTED_ITEMS_REJECTED = {2: "conflicting_item", 6: "missing_item_id", 7: "missing_item_id", 8: "duplicate_item"}
 
 EXPECTED_VALID = {row[0] for row in EVENTS if row[7] is None}
 EXPECTED_REJECTED = {row[0]: row[7] for row in EVENTS if row[7] is not None}
@@ -101,21 +104,13 @@ def raw_event_rows() -> list[tuple]:
     ]
 
 
-def run_dbt(command: str, target: str, tmp: Path, env: dict[str, str], extra: list[str] | None = None):
-    from dbt.cli.main import dbtRunner
-
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in env.items():
-            mp.setenv(key, value)
-        mp.setenv("DBT_TARGET_PATH", str(tmp / "target"))
-        mp.setenv("DBT_LOG_PATH", str(tmp / "logs"))
-        args = [command, "--project-dir", str(PROJECT_DIR), "--profiles-dir", str(PROJECT_DIR), "--target", target]
-        return dbtRunner().invoke(args + (extra or []))
+def raw_item_rows() -> list[tuple]:
+    return [(*item, "items.csv", source_row) for source_row, item in enumerate(ITEMS, start=1)]
 
 
-def build(target: str, tmp: Path, env: dict[str, str]):
-    result = run_dbt("build", target, tmp, env, ["--vars", json.dumps(DBT_VARS)])
-    assert result.success, f"dbt build on {target} failed: {result.exception or result.result}"
+def build(wh: warehouse.Warehouse, tmp: Path):
+    result = run_dbt(wh, ["build"], DBT_VARS, tmp / "target", tmp / "logs")
+    assert result.success, f"dbt build on {wh.kind} failed: {result.exception or result.result}"
     return result
 
 
@@ -123,6 +118,7 @@ COLLECT = {
     "fct_events": "select event_id, user_id, item_id, event_type, event_ts, quantity, unit_price, amount "
     "from marts.fct_events",
     "quarantine": "select source_row, reject_reason, user_id, item_id, event_type from marts.events_quarantine",
+    "items_quarantine": "select source_row, reject_reason, item_id, title, price from marts.items_quarantine",
     "summary": "select reject_reason, n_rows from marts.quarantine_summary",
     "dim_items": "select item_id, title, category, price, in_stock, n_events, n_users, first_seen_ts, last_seen_ts "
     "from marts.dim_items",
@@ -149,7 +145,7 @@ def duckdb_results(tmp: Path) -> dict:
     path = tmp / "warehouse.duckdb"
     with duckdb.connect(str(path)) as con:
         load_raw_duckdb(con)
-    result = build("duckdb", tmp, {"LTVREC_DUCKDB_PATH": str(path)})
+    result = build(warehouse.connect(f"duckdb:///{path}"), tmp)
     # Not read_only: a read-only handle on a file this process already opened read-write fails.
     with duckdb.connect(str(path)) as con:
         data = collect(con.cursor())
@@ -161,43 +157,29 @@ def load_raw_duckdb(con) -> None:
     for table, ddl in RAW_DDL.items():
         con.execute(f"create or replace table raw.{table} {ddl}")
     con.executemany("insert into raw.events values (?, ?, ?, ?, ?, ?, ?, ?)", raw_event_rows())
-    con.executemany("insert into raw.items values (?, ?, ?, ?, ?)", ITEMS)
+    con.executemany("insert into raw.items values (?, ?, ?, ?, ?, ?, ?)", raw_item_rows())
 
 
 # --------------------------------------------------------------------------------------------------
 # PostgreSQL
 
 
-def pg_env(dsn: str) -> dict[str, str]:
-    """LTVREC_PG_* variables read by profiles.yml, from a libpq DSN/URI (host may be a socket dir)."""
-    from psycopg.conninfo import conninfo_to_dict
-
-    info = conninfo_to_dict(dsn)
-    return {
-        "LTVREC_PG_HOST": str(info.get("host") or "localhost"),
-        "LTVREC_PG_PORT": str(info.get("port") or 5432),
-        "LTVREC_PG_USER": str(info.get("user") or "postgres"),
-        "LTVREC_PG_PASSWORD": str(info.get("password") or ""),
-        "LTVREC_PG_DBNAME": str(info["dbname"]),
-    }
-
-
 def postgres_results(tmp: Path, server_dsn: str) -> dict:
     import psycopg
-    from psycopg.conninfo import make_conninfo
+    from conftest import with_dbname
 
     dbname = f"ltvrec_dbt_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(server_dsn, autocommit=True) as admin:
         admin.execute(f'create database "{dbname}"')
-    dsn = make_conninfo(server_dsn, dbname=dbname)
+    dsn = with_dbname(server_dsn, dbname)
     try:
         with psycopg.connect(dsn) as con, con.cursor() as cur:
             cur.execute("create schema raw")
             for table, ddl in RAW_DDL.items():
                 cur.execute(f"create table raw.{table} {ddl}")
             cur.executemany("insert into raw.events values (%s, %s, %s, %s, %s, %s, %s, %s)", raw_event_rows())
-            cur.executemany("insert into raw.items values (%s, %s, %s, %s, %s)", ITEMS)
-        result = build("postgres", tmp, pg_env(dsn))
+            cur.executemany("insert into raw.items values (%s, %s, %s, %s, %s, %s, %s)", raw_item_rows())
+        result = build(warehouse.connect(dsn), tmp)
         with psycopg.connect(dsn) as con, con.cursor() as cur:
             data = collect(cur)
     finally:
@@ -224,25 +206,28 @@ def test_build_ran_every_kind_of_node(built):
         kinds.setdefault(str(node_result.node.resource_type), []).append(str(node_result.status))
     assert all(status in {"success", "pass"} for statuses in kinds.values() for status in statuses), kinds
     assert {"model", "test", "unit_test"} <= set(kinds)
-    assert len(kinds["model"]) == 8
+    assert len(kinds["model"]) == 10
     unit_tests = {r.node.name for r in built["result"].result if r.node.resource_type == "unit_test"}
     assert unit_tests == {
         "int_events_checked_rejects_duplicates_and_future_events",
         "int_events_checked_empty_as_of_uses_latest_event_date",
+        "int_items_checked_keeps_the_first_row_of_each_item",
     }
     singular = {r.node.name for r in built["result"].result if r.node.resource_type == "test"}
-    assert {"assert_events_conserved", "assert_fct_events_amount_sign"} <= singular
+    assert {"assert_events_conserved", "assert_fct_events_amount_sign", "assert_items_conserved"} <= singular
 
 
 def test_models_land_in_plain_schemas(built):
     assert set(built["schemas"]) == {
         ("staging", "stg_events"),
         ("staging", "stg_items"),
+        ("intermediate", "int_items_checked"),
         ("intermediate", "int_items_deduped"),
         ("intermediate", "int_events_checked"),
         ("marts", "fct_events"),
         ("marts", "dim_items"),
         ("marts", "events_quarantine"),
+        ("marts", "items_quarantine"),
         ("marts", "quarantine_summary"),
     }
 
@@ -280,6 +265,15 @@ def test_quarantine_reasons(built):
     }
 
 
+def test_items_quarantine(built):
+    """Each rejected catalogue row with its reason and raw values; the first row of an item_id is kept."""
+    reasons = {r[0]: r[1] for r in built["items_quarantine"]}
+    assert reasons == EXPECTED_ITEMS_REJECTED
+    raw_values = {r[0]: r[2:] for r in built["items_quarantine"]}
+    assert raw_values[2] == ("i1", None, 99.0)
+    assert raw_values[7] == ("", "empty id", 1.0)  # raw values, not the cleaned ones
+
+
 def test_dim_items(built):
     rows = {r[0]: tuple(r[1:]) for r in built["dim_items"]}
     assert set(rows) == set(EXPECTED_DIM_ITEMS)
@@ -296,11 +290,11 @@ def test_dim_items(built):
 def test_invalid_var_is_a_compile_error(tmp_path):
     """Vars are interpolated into SQL, so anything but 'YYYY-MM-DD' for as_of must fail the run."""
     result = run_dbt(
-        "compile",
-        "duckdb",
-        tmp_path,
-        {"LTVREC_DUCKDB_PATH": str(tmp_path / "unused.duckdb")},
-        ["--select", "int_events_checked", "--vars", json.dumps({"as_of": "2024-01-10'; drop table x; --"})],
+        warehouse.connect(f"duckdb:///{tmp_path / 'unused.duckdb'}"),
+        ["compile", "--select", "int_events_checked"],
+        dbt_vars("2024-01-10'; drop table x; --"),
+        tmp_path / "target",
+        tmp_path / "logs",
     )
     assert not result.success
     assert "as_of" in str(result.exception)

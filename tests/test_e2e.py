@@ -172,3 +172,21 @@ def test_a_one_item_catalogue_still_publishes_ltv(tmp_path):
     assert "the recommender part is skipped" in log and "only LTV estimates are published" in log
     assert query(home, "select count(*) from serving.recommendations") == [(0,)]
     assert query(home, "select count(distinct user_id) from serving.ltv_estimates") == [(60,)]
+
+
+def test_mlflow_reads_well(home):
+    """Runs named after source and run date, versions described in a line, the experiment in the model-training
+    view."""
+    code = (
+        "import mlflow, json; from mlflow import MlflowClient; "
+        f"mlflow.set_tracking_uri('sqlite:///{home}/mlflow.db'); c = MlflowClient(); "
+        "v = c.get_model_version('ltvrec-synthetic', '1'); r = mlflow.get_run(v.run_id); "
+        "e = c.get_experiment(r.info.experiment_id); "
+        "print(json.dumps({'name': r.info.run_name, 'description': v.description, 'tags': e.tags}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    info = json.loads(out.stdout.strip().splitlines()[-1])
+    run_date = json.loads(next((home / "runs").glob("*/summary.json")).read_text())["run_date"]
+    assert info["name"] == f"synthetic-{run_date}"
+    assert info["description"].startswith("synthetic run ") and "NDCG@10" in info["description"]
+    assert info["tags"]["mlflow.experimentKind"] == "custom_model_development"

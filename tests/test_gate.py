@@ -1,8 +1,11 @@
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from expectations.gate import GateFailed, run_gate, scores_frames
+from expectations.frames import scores as scores_frames
+from expectations.gate import GateFailed, run_gate
 
 RAW = {"max_volume_ratio": 10.0}
 
@@ -124,11 +127,11 @@ def test_the_raw_gate_stage_compares_with_the_last_published_run(tmp_path):
 
     from ltvrec import stages, warehouse
     from ltvrec.config import RunConfig
+    from ltvrec.rundir import RunDir
 
     url = f"duckdb:///{tmp_path / 'wh.duckdb'}"
     run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    RunConfig(warehouse_url=url).save(run_dir)
+    RunDir(run_dir).save_config(RunConfig(warehouse_url=url))
     wh = warehouse.connect(url)
     events = raw_frames()["raw_events"]
     wh.replace_table("raw", "events", pa.Table.from_pandas(pd.concat([events] * 50, ignore_index=True).assign(
@@ -149,3 +152,23 @@ def test_the_raw_gate_stage_compares_with_the_last_published_run(tmp_path):
     published("ltvrec-synthetic", 1)  # this run has 100x the events of the last published one
     with pytest.raises(GateFailed, match="ratio"):
         stages.gate_raw(str(run_dir))
+
+
+@pytest.mark.slow
+def test_events_that_all_share_one_timestamp_stop_at_the_features_gate_with_a_sentence(tmp_path, monkeypatch):
+    """Nothing lies before the validation window, so nothing can be trained: the features gate says so, instead of
+    the trainer crashing inside torchrun."""
+    from ltvrec import stages
+    from ltvrec.rundir import RunDir
+
+    monkeypatch.setenv("LTVREC_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    events = tmp_path / "events.csv"
+    rows = [f"u{u},i{(u + k) % 7},purchase,2025-03-01T10:00:00,1,{5 + k}" for u in range(30) for k in range(3)]
+    events.write_text("user_id,item_id,event_type,event_ts,quantity,unit_price\n" + "\n".join(rows) + "\n")
+    run_dir = stages.prepare({"source": "events", "path": str(events), "item_text": False}, "one_timestamp")
+    for name in ("ingest", "dbt_build", "features"):
+        getattr(stages, name)(run_dir)
+    with pytest.raises(GateFailed, match="No event lies before the validation window, so there is nothing to train on"):
+        stages.gate_features(run_dir)
+    assert RunDir(Path(run_dir)).stage("gate_features")["state"] == "failed"

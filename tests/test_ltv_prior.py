@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from jobs.features import reference_cutoffs
-from models.data import LEGACY_LTV_FEATURES, LTV_FEATURES, FeatureScaler
+from ltvrec.config import EVENT_TYPES
+from models.data import LTV_FEATURES, FeatureScaler
 from models.ltv_prior import PRIOR_COLUMNS, SEASON_CLIP, fit_prior, seasonal_factors
 from models.sasrec import ModelConfig, SeqRecModel
 
@@ -38,7 +39,7 @@ EVENTS = [  # user, item, type, ts, amount
 @pytest.fixture(scope="module")
 def features(tmp_path_factory, spark_features) -> Path:
     items = pd.DataFrame({"item_id": ["i1", "i2", "i3"], "title": ["A", "B", "C"], "category": ["x"] * 3,
-                          "price": [10.0, 7.0, 30.0]})
+                          "price": [10.0, 7.0, 30.0], "in_stock": [True] * 3})
     out = spark_features(tmp_path_factory.mktemp("prior_features"), EVENTS, items)
     return out
 
@@ -105,8 +106,9 @@ def test_seasonal_factor_is_actual_over_predicted_a_year_back_or_one_for_all():
 
 
 def prior_model(weight: float) -> SeqRecModel:
-    model = SeqRecModel(ModelConfig(n_items=5, n_ltv_features=2, max_len=4, d_model=8, n_heads=2, n_layers=1,
-                                    ltv_sigma_max=2.0, ltv_prior=True, ltv_correction_weight=weight)).eval()
+    model = SeqRecModel(ModelConfig(n_items=5, n_ltv_features=2, n_event_types=len(EVENT_TYPES) + 1, max_len=4,
+                                    d_model=8, n_heads=2, n_layers=1, ltv_user_dim=8, ltv_sigma_max=2.0, ltv_prior=True,
+                                    ltv_correction_weight=weight)).eval()
     with torch.no_grad():  # a head whose output is its last bias: logit 0, correction 0.3, sigma pre-activation 0
         for layer in model.ltv_head:
             if isinstance(layer, torch.nn.Linear):
@@ -144,20 +146,18 @@ def test_prior_enters_the_training_loss_as_the_lognormal_offset():
     assert model(batch)["ltv_loss"].item() == pytest.approx(expected.item(), rel=1e-5)
 
 
-def test_scaler_names_its_features_and_reads_older_checkpoints():
+def test_scaler_names_its_features():
     frame = pd.DataFrame({c: [1.0, 3.0] for c in LTV_FEATURES + PRIOR_COLUMNS})
     scaler = FeatureScaler.fit(frame, LTV_FEATURES + PRIOR_COLUMNS)
     again = FeatureScaler.from_dict(scaler.to_dict())
     assert again.features == LTV_FEATURES + PRIOR_COLUMNS and again.transform(frame).shape == (2, len(again.features))
-    old = FeatureScaler.from_dict({"mean": [0.0] * len(LEGACY_LTV_FEATURES), "std": [1.0] * len(LEGACY_LTV_FEATURES)})
-    assert old.features == LEGACY_LTV_FEATURES
     with pytest.raises(ValueError, match="ltv_prior"):
         again.transform(frame.drop(columns="ltv_prior"))
 
 
 def test_head_without_the_user_vector_reads_the_features_only():
-    model = SeqRecModel(ModelConfig(n_items=5, n_ltv_features=2, max_len=4, d_model=8, n_heads=2, n_layers=1,
-                                    ltv_user_dim=0)).eval()
+    model = SeqRecModel(ModelConfig(n_items=5, n_ltv_features=2, n_event_types=len(EVENT_TYPES) + 1, max_len=4,
+                                    d_model=8, n_heads=2, n_layers=1, ltv_user_dim=0)).eval()
     assert not hasattr(model, "ltv_user")
     feats = torch.randn(3, 2)
     with torch.no_grad():

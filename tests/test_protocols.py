@@ -4,9 +4,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ltvrec.config import EVENT_TYPES
 from models.data import FeatureSet, Protocol, epoch
 
 DAY = 86400
+VIEW, PURCHASE, RETURN = (EVENT_TYPES.index(name) + 1 for name in ("view", "purchase", "return"))
 T0 = epoch("2024-01-01T00:00:00")
 
 
@@ -17,10 +19,11 @@ def feature_set() -> FeatureSet:
         item_price=np.zeros(6),
         users=np.array(["a", "b"], dtype=object),
         items=[np.array([1, 2, 3, 4]), np.array([2, 5])],
-        types=[np.array([1, 3, 1, 5]), np.array([3, 1])],
+        types=[np.array([VIEW, PURCHASE, VIEW, RETURN]), np.array([PURCHASE, VIEW])],
         ts=[T0 + DAY * np.array([0, 10, 18, 25]), T0 + DAY * np.array([1, 22])],
         ltv=pd.DataFrame(),
-        split={"valid_start": "2024-01-15T00:00:00", "test_start": "2024-01-21T00:00:00", "end": "2024-01-30T00:00:00"},
+        split={"valid_start": "2024-01-15T00:00:00", "test_start": "2024-01-21T00:00:00", "end": "2024-01-30T00:00:00",
+               "event_types": list(EVENT_TYPES)},
     )
 
 
@@ -42,7 +45,7 @@ def test_leave_one_out_uses_the_last_two_events():
     users, targets = fs.holdout(p.valid_end, p.test_end)
     assert users.tolist() == [1] and targets == [{5}]
     items, types, _ = fs.prefixes(p.valid_end, users)
-    assert items[0].tolist() == [2] and types[0].tolist() == [3]
+    assert items[0].tolist() == [2] and types[0].tolist() == [PURCHASE]
 
 
 def test_seen_items_are_never_targets():

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from ltvrec.config import EVENT_TYPES
 from models.checkpoint import LoadedModel
 from models.data import LTV_FEATURES, FeatureScaler, FeatureSet, epoch
 from models.sasrec import ModelConfig, SeqRecModel
@@ -45,7 +46,8 @@ def write_features(folder: Path, n_users=40, n_items=30, seed=0) -> Path:
     for name, frame in (("items", items), ("sequences", pd.DataFrame(rows)), ("ltv_features", ltv)):
         (folder / name).mkdir(parents=True)
         pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), folder / name / "part-0.parquet")
-    split = {"as_of": "2025-12-31", "end": END, "ltv_cutoffs": {"score": END}, "horizon_days": 90}
+    split = {"as_of": "2025-12-31", "end": END, "ltv_cutoffs": {"score": END}, "horizon_days": 90,
+             "event_types": list(EVENT_TYPES)}
     (folder / "split.json").write_text(json.dumps(split))
     return folder
 
@@ -54,13 +56,14 @@ def checkpoint(fs: FeatureSet, path: Path, extra_items=(), seed=0, time_gaps=Fal
     """A randomly initialised model over this catalogue (plus `extra_items` the run's catalogue lacks)."""
     torch.manual_seed(seed)
     item_ids = list(fs.item_ids) + list(extra_items)
-    model = SeqRecModel(ModelConfig(n_items=len(item_ids) + 1, n_ltv_features=len(LTV_FEATURES), max_len=8, d_model=16,
+    model = SeqRecModel(ModelConfig(n_items=len(item_ids) + 1, n_ltv_features=len(LTV_FEATURES),
+                                    n_event_types=len(fs.event_types) + 1, max_len=8, d_model=16, ltv_user_dim=8,
                                     ltv_sigma_max=2.0, time_gaps=time_gaps))
     with torch.no_grad():
         model.item_emb.weight.normal_(0, 1.0)  # spread the logits: no near-ties between the two paths
-    torch.save({"model": model.state_dict(), "model_config": asdict(model.cfg), "run_config": {}, "item_ids": item_ids,
+    torch.save({"model": model.state_dict(), "model_config": asdict(model.cfg), "item_ids": item_ids,
                 "item_price": [0.0] + [float(p) for p in fs.item_price[1:]] + [5.0] * len(extra_items),
-                "scaler": FeatureScaler.fit(fs.ltv).to_dict()}, path)
+                "scaler": FeatureScaler.fit(fs.ltv, LTV_FEATURES).to_dict()}, path)
     return path
 
 

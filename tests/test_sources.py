@@ -1,3 +1,4 @@
+import gzip
 from datetime import datetime
 
 import pandas as pd
@@ -129,3 +130,27 @@ def test_items_in_stock_flag(tmp_path):
     bad = write_csv(tmp_path / "bad_items.csv", "item_id,in_stock\ni1,true\ni2,maybe\n")
     with pytest.raises(sources.InputError, match=r"bad_items.csv: column 'in_stock' row 2: 'maybe' is not true/false"):
         sources.load_events(events, bad)
+
+
+def test_gzipped_exports_in_a_folder(tmp_path):
+    """events.tsv.gz and items.csv.gz are found in a folder and read through gzip; catalogue rows keep their
+    file and row number (raw.items.source_file / source_row), as events do."""
+    header = "user_id\titem_id\tevent_type\tevent_ts\tquantity\tunit_price\n"
+    (tmp_path / "events.tsv.gz").write_bytes(gzip.compress((header + "u1\ti2\tview\t2024-01-01\t1\t\n").encode()))
+    (tmp_path / "items.csv.gz").write_bytes(gzip.compress(b"item_id,title\ni1,A\ni2,B\ni1,C\n"))
+    events, items = sources.load_events(tmp_path)
+    assert events.column("item_id").to_pylist() == ["i2"]
+    assert events.column("source_file").to_pylist() == [str(tmp_path / "events.tsv.gz")]
+    assert items.schema == sources.RAW_ITEMS_SCHEMA
+    assert items.column("item_id").to_pylist() == ["i1", "i2", "i1"]  # repeated ids are dbt's to judge
+    assert items.column("source_row").to_pylist() == [1, 2, 3]
+    assert set(items.column("source_file").to_pylist()) == {str(tmp_path / "items.csv.gz")}
+
+
+def test_load_picks_the_reader_of_the_source(tmp_path):
+    synthetic.write(tmp_path, n_users=5, n_items=10, seed=1)
+    events, items = sources.load("events", str(tmp_path))
+    expected_events, expected_items = sources.load_events(tmp_path)
+    assert events.equals(expected_events) and items.equals(expected_items)
+    with pytest.raises(ValueError, match="unknown source 'csv'"):
+        sources.load("csv", str(tmp_path))

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from ltvrec.config import RunConfig
+from ltvrec.stages import train_config
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -36,19 +37,24 @@ def features_run(tmp_path_factory):
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 
 
-def clone(run_dir: Path, tmp_path: Path, name: str, **overrides) -> Path:
-    """A fresh run folder sharing the fixture's features (and MLflow run)."""
+def clone(run_dir: Path, tmp_path: Path, name: str, tracked: bool = True, progress: bool = False,
+          **overrides) -> Path:
+    """A fresh run folder sharing the fixture's features (and, when tracked, its MLflow run), with the trainer's
+    config in train/config.json."""
     out = tmp_path / name
     out.mkdir()
     (out / "features").symlink_to(run_dir / "features")
-    (out / "mlflow.json").write_text((run_dir / "mlflow.json").read_text())
-    cfg = RunConfig.load(run_dir).to_dict() | overrides
-    RunConfig.from_dict(cfg).save(out)
+    cfg = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text()) | overrides)
+    wiring = {"mlflow_run_id": json.loads((run_dir / "mlflow.json").read_text())["run_id"] if tracked else None,
+              "text_cache": str(run_dir.parent / "item_text_cache.parquet"),  # shared: texts are encoded once
+              "progress_file": str(out / "train" / "progress.json") if progress else None}
+    train_config(cfg, out / "features", out / "train", **wiring).save(out / "train" / "config.json")
     return out
 
 
 def train(run_dir: Path, nproc: int, **popen) -> subprocess.Popen:
-    cmd = [str(BIN / "torchrun"), "--standalone", f"--nproc-per-node={nproc}", "-m", "models.train", "--run-dir", str(run_dir)]
+    cmd = [str(BIN / "torchrun"), "--standalone", f"--nproc-per-node={nproc}", "-m", "models.train",
+           "--config", str(run_dir / "train" / "config.json")]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
 
 
@@ -97,16 +103,21 @@ def test_sampled_softmax_training_runs(features_run, tmp_path):
 def test_the_refit_trains_the_best_model_on_the_validation_window(features_run, tmp_path):
     import torch
 
-    run_dir = clone(features_run, tmp_path, "refit", epochs=2, refit_epochs=1)
+    run_dir = clone(features_run, tmp_path, "refit", progress=True, epochs=2, refit_epochs=1)
     out = finish(train(run_dir, 2))
     assert result(run_dir)["refit_epochs"] == 1, out[-2000:]
+    progress = json.loads((run_dir / "train" / "progress.json").read_text())
+    assert progress["phase"] == "refit" and progress["epoch"] == progress["epochs"] == 1
+    assert progress["batch"] == progress["batches"] > 0
+    assert progress["best_val_ndcg_10"] == result(run_dir)["best_val_ndcg_10"]
     best = torch.load(run_dir / "train" / "best.pt", weights_only=False)
     final = torch.load(run_dir / "train" / "final.pt", weights_only=False)
     assert final["state"]["refit_done"] == 1 and best["state"]["refit_done"] == 0
     assert not torch.equal(best["model"]["item_emb.weight"], final["model"]["item_emb.weight"])
     # no refit: the registered model is the best validated one
-    plain = clone(features_run, tmp_path, "plain", epochs=1, refit_epochs=0)
+    plain = clone(features_run, tmp_path, "plain", tracked=False, epochs=1, refit_epochs=0)
     finish(train(plain, 1))
+    assert "model_uri" not in result(plain)  # no MLflow run: nothing logged
     assert torch.equal(torch.load(plain / "train" / "best.pt", weights_only=False)["model"]["item_emb.weight"],
                        torch.load(plain / "train" / "final.pt", weights_only=False)["model"]["item_emb.weight"])
 
@@ -118,6 +129,7 @@ def test_a_time_gap_model_trains_evaluates_and_scores(features_run, tmp_path):
     from models.data import FeatureSet, Protocol
     from models.evaluate import evaluate_recommendations, predict_ltv
     from models.score import score_recommendations
+    from models.config import TrainConfig
 
     # ltv_user_dim=8: the LTV examples' histories are encoded too, with their own event times
     run_dir = clone(features_run, tmp_path, "gaps", time_gaps=True, ltv_user_dim=8, epochs=1)
@@ -125,7 +137,8 @@ def test_a_time_gap_model_trains_evaluates_and_scores(features_run, tmp_path):
     loaded = LoadedModel.from_file(run_dir / "train" / "final.pt")
     assert loaded.model.cfg.time_gaps and result(run_dir)["best_val_ndcg_10"] > 0, out[-2000:]
     fs = FeatureSet.load(run_dir / "features")
-    metrics = evaluate_recommendations(fs, loaded, Protocol.build(fs, RunConfig.load(run_dir).eval_protocol))
+    protocol = Protocol.build(fs, TrainConfig.load(run_dir / "train" / "config.json").eval_protocol)
+    metrics = evaluate_recommendations(fs, loaded, protocol)
     assert metrics["model"]["ndcg_10"] > 0
     frame, _, expected_value = predict_ltv(fs, loaded, "eval")
     assert len(frame) and np.isfinite(expected_value).all()

@@ -31,3 +31,27 @@
     {%- endif -%}
     {{ raw }}
 {%- endmacro %}
+
+{% macro ltvrec_event_types(name) -%}
+    {#- The list var `name` (event_types or raw_only_event_types), checked. Neither has a default here: the
+        vocabulary is defined once, in ltvrec.config, and ltvrec passes it (ltvrec.cleaning.dbt_vars). -#}
+    {%- set values = var(name, none) -%}
+    {%- if values is none -%}
+        {{ exceptions.raise_compiler_error("var '" ~ name ~ "' is required: the list of event types from ltvrec.config "
+                                           ~ "(run dbt through ltvrec.cleaning, or pass --vars from ltvrec.cleaning.dbt_vars)") }}
+    {%- endif -%}
+    {%- if values is string or values is mapping or values is not iterable or values | length == 0 -%}
+        {{ exceptions.raise_compiler_error("var '" ~ name ~ "' must be a non-empty list of event types, got: " ~ values) }}
+    {%- endif -%}
+    {%- for value in values -%}
+        {%- if value is not string or not modules.re.match('^[a-z][a-z0-9_]*$', value) -%}
+            {{ exceptions.raise_compiler_error("var '" ~ name ~ "': not an event type name: " ~ value) }}
+        {%- endif -%}
+    {%- endfor -%}
+    {{ return(values | list) }}
+{%- endmacro %}
+
+{% macro ltvrec_sql_list(values) -%}
+    {#- ('a', 'b', ...) for `in`; values are checked names (ltvrec_event_types). -#}
+    ({%- for value in values -%}'{{ value }}'{{ ', ' if not loop.last }}{%- endfor -%})
+{%- endmacro %}

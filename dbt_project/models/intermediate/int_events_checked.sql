@@ -1,7 +1,10 @@
 -- Grain: one row per staged event (source_row), valid or not. reject_reason is NULL for valid rows,
 -- otherwise the FIRST failing check in the order below. Only rows that pass every other check compete
 -- for `duplicate`: among exact copies (user_id, item_id, event_type, event_ts, quantity, unit_price,
--- a NULL view/rating price counting as 0) the lowest source_row is kept.
+-- a NULL view/rating price counting as 0) the lowest source_row is kept. The event types are the vars
+-- event_types (clean) and raw_only_event_types (accepted raw, always rejected), both from ltvrec.config.
+{%- set event_types = ltvrec_event_types('event_types') %}
+{%- set raw_only_event_types = ltvrec_event_types('raw_only_event_types') %}
 with events as (
 
     select * from {{ ref('stg_events') }}
@@ -49,9 +52,10 @@ checked as (
             when user_id is null then 'missing_user_id'
             when item_id is null then 'missing_item_id'
             when event_type is null
-                or event_type not in ('view', 'cart', 'purchase', 'rating', 'return', 'non_product')
+                or event_type not in {{ ltvrec_sql_list(event_types + raw_only_event_types) }}
                 then 'invalid_event_type'
-            when event_type = 'non_product' then 'non_product'
+            -- a raw-only type (Online Retail's fees: non_product) is rejected under its own name
+            when event_type in {{ ltvrec_sql_list(raw_only_event_types) }} then event_type
             when event_ts is null then 'missing_timestamp'
             when event_ts < min_event_ts then 'timestamp_before_min'
             when event_ts >= future_from_ts then 'timestamp_in_future'

@@ -1,0 +1,58 @@
+"""Launchers for the tools that run in processes of their own: torchrun (training) and spark-submit (Spark jobs).
+
+Their output goes to the stage's log file (and to stdout as well when LTVREC_STREAM_LOGS=1, which `ltvrec run
+--verbose` sets); a failure raises with the last lines of that log.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from ltvrec.config import PROJECT_ROOT, mlflow_tracking_uri
+
+TAIL_LINES = 30
+
+
+def tool(name: str) -> str:
+    """A console script of the running interpreter's environment (torchrun, spark-submit, ...)."""
+    return str(Path(sys.executable).parent / name)
+
+
+def run_logged(cmd: list[str], log_file: Path, env: dict[str, str] | None = None) -> None:
+    """Run `cmd` from the project root with its output appended to `log_file`; raise with the tail on failure."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    stream = os.environ.get("LTVREC_STREAM_LOGS") == "1"
+    tail: list[str] = []
+    with open(log_file, "a") as log:
+        log.write(f"$ {' '.join(cmd)}\n")
+        log.flush()
+        proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, cwd=PROJECT_ROOT, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        for line in proc.stdout:
+            log.write(line)
+            tail = (tail + [line.rstrip()])[-TAIL_LINES:]
+            if stream:
+                sys.stdout.write(line)
+        code = proc.wait()
+    if code != 0:
+        raise RuntimeError(f"{Path(cmd[0]).name} exited with {code}; the last lines of {log_file}:\n" + "\n".join(tail))
+
+
+def torchrun(config_file: Path, nproc: int, log_file: Path) -> None:
+    """Train with `nproc` processes on this machine (DDP: gloo on CPU, NCCL on GPUs)."""
+    cmd = [tool("torchrun"), "--standalone", f"--nproc-per-node={nproc}", "-m", "models.train",
+           "--config", str(config_file)]
+    threads = max(1, (os.cpu_count() or 1) // nproc)
+    run_logged(cmd, log_file, {"MLFLOW_TRACKING_URI": mlflow_tracking_uri(), "OMP_NUM_THREADS": str(threads)})
+
+
+def spark_submit(job: str, args: list[str], master: str, log_file: Path) -> None:
+    """spark-submit a job of jobs/ to `master`, with Spark's own logging at WARN (jobs/log4j2.properties)."""
+    log4j = f"-Dlog4j2.configurationFile={PROJECT_ROOT / 'jobs' / 'log4j2.properties'}"
+    cmd = [tool("spark-submit"), "--master", master, "--driver-memory", "2g", "--driver-java-options", log4j,
+           "--conf", f"spark.executor.extraJavaOptions={log4j}", "--conf", "spark.sql.shuffle.partitions=8",
+           "--conf", "spark.ui.enabled=false", str(PROJECT_ROOT / "jobs" / job), *args]
+    run_logged(cmd, log_file, {"PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable})

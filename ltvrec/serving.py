@@ -1,0 +1,115 @@
+"""The serving tables' contract, and the scores files that fill them.
+
+`SERVING_SCHEMAS` is the one definition of the serving tables' columns: the warehouse creates its tables from it
+(ltvrec/warehouse.py) and the score stage writes its files with it. The scorer (models/score.py) gives user_id,
+rank, item_id, score and user_id, p_active, expected_value; `ScoresWriter` adds what says which run and which model
+produced each row.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ltvrec.rundir import SERVING_TABLES, write_json
+
+SERVING_SCHEMAS = {
+    "recommendations": pa.schema([
+        ("run_date", pa.date32()), ("user_id", pa.string()), ("rank", pa.int32()), ("item_id", pa.string()),
+        ("score", pa.float64()), ("model_name", pa.string()), ("model_version", pa.string()),
+        ("mlflow_run_id", pa.string()), ("generated_at", pa.timestamp("us"))]),
+    "ltv_estimates": pa.schema([
+        ("run_date", pa.date32()), ("user_id", pa.string()), ("horizon_days", pa.int32()),
+        ("p_active", pa.float64()), ("expected_value", pa.float64()), ("model_version", pa.string()),
+        ("mlflow_run_id", pa.string()), ("generated_at", pa.timestamp("us"))]),
+}
+BATCH_ROWS = 100_000
+
+
+def run_metadata(run_date: str, model_name: str, model_version: str, mlflow_run_id: str,
+                 horizon_days: int) -> dict[str, pa.Scalar]:
+    """The columns that are the same on every row of a run's scores."""
+    generated_at = datetime.now(timezone.utc).replace(tzinfo=None)
+    return {"run_date": pa.scalar(pd.Timestamp(run_date).date(), pa.date32()),
+            "generated_at": pa.scalar(generated_at, pa.timestamp("us")), "model_name": pa.scalar(model_name),
+            "model_version": pa.scalar(str(model_version)), "mlflow_run_id": pa.scalar(mlflow_run_id),
+            "horizon_days": pa.scalar(horizon_days, pa.int32())}
+
+
+def with_metadata(table: str, batch: pa.RecordBatch, meta: dict[str, pa.Scalar]) -> pa.RecordBatch:
+    schema = SERVING_SCHEMAS[table]
+    columns = [batch.column(f.name).cast(f.type) if f.name in batch.schema.names else pa.repeat(meta[f.name], batch.num_rows)
+               for f in schema]
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+class ScoresWriter:
+    """Streams scorer batches into scores/<table>.parquet with the run's metadata; counts rows and users, and keeps
+    `progress_file` (users scored of all) up to date for the CLI."""
+
+    def __init__(self, out_dir: Path, meta: dict[str, pa.Scalar], progress_file: Path | None = None):
+        self.out_dir, self.meta, self.progress_file = Path(out_dir), meta, progress_file
+        self.rows = {table: 0 for table in SERVING_TABLES}
+        self.users = 0
+
+    def __enter__(self) -> "ScoresWriter":
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.writers = {t: pq.ParquetWriter(self.out_dir / f"{t}.parquet", SERVING_SCHEMAS[t]) for t in SERVING_TABLES}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for writer in self.writers.values():
+            writer.close()
+
+    def write(self, table: str, batch: pa.RecordBatch) -> None:
+        self.writers[table].write_batch(with_metadata(table, batch, self.meta))
+        self.rows[table] += batch.num_rows
+
+    def write_local(self, features_dir: Path, checkpoint: Path, cfg) -> None:
+        """Score on this machine (models/score.py: chunks of users, CPU threads or a GPU)."""
+        from models.checkpoint import LoadedModel
+        from models.data import FeatureSet
+        from models.score import stream_scores
+
+        fs = FeatureSet.load(features_dir)
+        started = datetime.now().timestamp()
+        for recs, ltv in stream_scores(fs, LoadedModel.from_file(checkpoint), cfg.top_n, cfg.rank_by,
+                                       cfg.score_chunk_users, max_per_category=cfg.max_per_category):
+            self.write("recommendations", recs)
+            self.write("ltv_estimates", ltv)
+            self.users += len(set(recs.column("user_id").to_pylist()))  # a user's rows are in one batch
+            self._progress(self.users, len(fs.users), started)
+
+    def write_spark_output(self, spark_out: Path) -> None:
+        """The Parquet folders jobs/score.py wrote, with the run's metadata added."""
+        import pyarrow.dataset as pads
+
+        users: set[str] = set()
+        for table in SERVING_TABLES:
+            for batch in pads.dataset(spark_out / table, format="parquet").to_batches(batch_size=BATCH_ROWS):
+                self.write(table, batch)
+                if table == "recommendations":
+                    users.update(batch.column("user_id").to_pylist())
+        self.users = len(users)
+
+    def _progress(self, done: int, total: int, started: float) -> None:
+        if self.progress_file is not None:
+            seconds = max(datetime.now().timestamp() - started, 1e-9)
+            write_json(self.progress_file, {"phase": "score", "done": done, "total": total, "per_s": done / seconds})
+
+
+def spark_score_args(cfg, features_dir: Path, checkpoint: Path, out: Path) -> list[str]:
+    """jobs/score.py's arguments for this run."""
+    args = ["--features", str(features_dir), "--checkpoint", str(checkpoint), "--out", str(out),
+            "--top-n", str(cfg.top_n), "--rank-by", cfg.rank_by, "--users-per-batch", "2048"]
+    return args + (["--max-per-category", str(cfg.max_per_category)] if cfg.max_per_category else [])
+
+
+def read_scores(scores_dir: Path) -> dict[str, pa.RecordBatchReader]:
+    """The scores files as Arrow streams, for the warehouse's bulk load."""
+    files = {t: pq.ParquetFile(Path(scores_dir) / f"{t}.parquet") for t in SERVING_TABLES}
+    return {t: pa.RecordBatchReader.from_batches(f.schema_arrow, f.iter_batches(BATCH_ROWS)) for t, f in files.items()}
