@@ -8,7 +8,7 @@ count, no early stopping) and measures seconds per epoch, sequences/s, next-item
 the training processes and NDCG/HR@10 on the test events. With --recbole (needs `make recbole-venv`)
 RecBole's SASRec trains on the same interactions, same sequence length, width, batch size and epochs, and
 the ratios are reported; RecBole trains one (prefix -> next item) sample per target, so its full epoch on 1M
-events takes about 25 minutes here: --recbole-max-batches N trains N batches per epoch and extrapolates the
+events is long (docs/benchmarks.md): --recbole-max-batches N trains N batches per epoch and extrapolates the
 epoch time (choose N so that its training time matches ours for an equal-time quality comparison).
 `--users-sweep 2000 8000 32000` instead reports peak training RSS per user count.
 One JSON object on stdout.

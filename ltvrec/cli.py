@@ -16,8 +16,8 @@ from typing import Optional
 
 import typer
 
-from ltvrec.config import (PROJECT_ROOT, RunConfig, connection_uri, default_warehouse_url, kind_of, knobs,
-                           ltvrec_home, mlflow_tracking_uri, params_markdown, redact_url)
+from ltvrec.config import (PROJECT_ROOT, RunConfig, connection_uri, default_text, default_warehouse_url, kind_of,
+                           knobs, ltvrec_home, mlflow_tracking_uri, params_markdown, redact_url)
 
 app = typer.Typer(help="ltvrec: raw events -> top-N recommendations and customer LTV in a warehouse.", no_args_is_help=True)
 PATH_KNOBS = ("path", "items_path")  # resolved to absolute paths: Airflow runs from another directory
@@ -97,8 +97,9 @@ def _knob_option(f: dataclasses.Field) -> inspect.Parameter:
     flag = f"--{f.name.replace('_', '-')}"
     decls = [f"{flag}/--no-{flag[2:]}"] if kind == "bool" else [flag]
     meta = f.metadata
-    option = typer.Option(None, *decls, help=meta["help"], rich_help_panel=meta["group"],
-                          metavar=f"[{'|'.join(meta['choices'])}]" if meta["choices"] else None, show_default=False)
+    choices = f"[{'|'.join(meta['choices'])}]" if meta["choices"] else None
+    option = typer.Option(None, *decls, help=f"{meta['help']} (default: {default_text(f)})",
+                          rich_help_panel=meta["group"], metavar=choices, show_default=False)
     py_type = {"int": int, "float": float, "str": str, "bool": bool}[kind]
     return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=Optional[py_type])
 

@@ -245,10 +245,9 @@ def params_markdown() -> str:
         for f in (f for f in knobs() if f.metadata["group"] == group):
             meta, kind = f.metadata, kind_of(f)[0]
             allowed = ", ".join(meta["choices"]) if meta["choices"] else kind
-            if meta["minimum"] is not None or meta["above"] is not None:
-                allowed += f" {'>=' if meta['minimum'] is not None else '>'} {meta['minimum'] if meta['minimum'] is not None else meta['above']}"
-            if meta["maximum"] is not None:
-                allowed += f", <= {meta['maximum']}"
+            bounds = [f"{sign} {meta[key]}" for key, sign in (("minimum", ">="), ("above", ">"), ("maximum", "<="))
+                      if meta[key] is not None]
+            allowed += (" " + ", ".join(bounds)) if bounds else ""
             lines.append(f"| `{f.name}` | {default_text(f)} | {allowed} | {group}: {meta['help']} |")
     return "\n".join(lines)
 

@@ -139,7 +139,8 @@ def headline(name: str, rec: dict) -> str:
     if "gate" in rec:
         return "passed"
     if name == "train":
-        return (f"{rec.get('epochs_run')} epochs (best {rec.get('best_epoch')}), best validation NDCG@10 "
+        epochs = rec.get("epochs_run")
+        return (f"{epochs} epoch{'s' * (epochs != 1)} (best {rec.get('best_epoch')}), best validation NDCG@10 "
                 f"{rec.get('best_val_ndcg_10', 0):.4f}, {rec.get('device')} x{rec.get('world_size')}")
     if name == "register":
         return f"v{rec.get('version')} {rec.get('decision')}, champion v{rec.get('champion')}"
@@ -159,7 +160,8 @@ def print_results(console: Console, run: RunDir, seconds: float) -> None:
         verdict = (f"v{registry.get('version')} REJECTED by the model gate; scored with @champion "
                    f"v{registry.get('champion')}")
     conn_id = s["config"].get("warehouse_conn_id")
-    url = f"Airflow connection {conn_id}" if conn_id else redact_url(s["config"].get("warehouse_url") or default_warehouse_url())
+    url = (f"Airflow connection {conn_id}" if conn_id
+           else redact_url(s["config"].get("warehouse_url") or default_warehouse_url()))
     lines = [f"\nltvrec run {s['run_id']} finished in {seconds:.0f}s (run date {s['run_date']})",
              f"  run folder: {run.path} (summary.json, logs/)", f"  warehouse:  {url}",
              f"  published:  {s['rows'].get('publish', {})}", f"  model:      {registry.get('model_name')} {verdict}",
@@ -185,16 +187,17 @@ def print_failure(console: Console, run: RunDir | None, airflow_log: Path) -> No
     """The failing stage's error and the last lines of its log; Airflow's log when no stage got that far."""
     failed = run.failure() if run is not None else None
     if failed is None:
-        console.print(f"\nltvrec: the DAG run failed before any stage recorded why; the last lines of {airflow_log}:")
+        console.print(f"\nltvrec: the DAG run failed before any stage recorded why; the last lines of {airflow_log}:",
+                      soft_wrap=True, markup=False)
         console.print("\n".join(tail(airflow_log)), soft_wrap=True, markup=False)
         return
     name, rec = failed
-    console.print(f"\nltvrec: stage {name} failed ({run.path}):\n{rec.get('error')}", soft_wrap=True, markup=False)
-    log_file = run.log_file(name)
-    if log_file.exists():
-        console.print(f"\nthe last lines of {log_file}:", markup=False)
-        console.print("\n".join(tail(log_file)), soft_wrap=True, markup=False)
-    console.print(f"\nAirflow's log: {airflow_log}", markup=False)
+    error = str(rec.get("error"))
+    console.print(f"\nltvrec: stage {name} failed ({run.path}):\n{error}", soft_wrap=True, markup=False)
+    lines = [line for line in tail(run.log_file(name)) if not line.endswith(error.splitlines()[0])]
+    if lines:  # what the stage logged before the error
+        console.print(f"\nthe last lines of {run.log_file(name)}:\n" + "\n".join(lines), soft_wrap=True, markup=False)
+    console.print(f"\nAirflow's log: {airflow_log}", soft_wrap=True, markup=False)
 
 
 def tail(path: Path, n: int = LOG_TAIL) -> list[str]:

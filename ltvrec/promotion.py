@@ -145,7 +145,8 @@ def version_tags(decision: Decision, metrics: dict, champion: dict) -> dict[str,
 def describe(cfg, metrics: dict, decision: Decision, run_name: str) -> str:
     """One line for the registry's version list: data, run, headline metrics and the gate's verdict."""
     parts = [f"{cfg.source} run {run_name}"]
-    ndcg, pop = _metric(metrics, "recommendation", "model", "ndcg_10"), _metric(metrics, "recommendation", "popularity", "ndcg_10")
+    ndcg = _metric(metrics, "recommendation", "model", "ndcg_10")
+    pop = _metric(metrics, "recommendation", "popularity", "ndcg_10")
     if ndcg is not None:
         parts.append(f"NDCG@10 {ndcg:.4f}" + (f" (popularity {pop:.4f})" if pop is not None else ""))
     gini = _metric(metrics, "ltv", "ziln", "gini")

@@ -269,7 +269,8 @@ def score(run: RunDir) -> dict:
     files: on this machine (CPU or GPU), or with score_engine=spark in jobs/score.py on the Spark cluster."""
     cfg = run.config()
     version, checkpoint = tracking.champion_checkpoint(cfg)
-    meta = serving.run_metadata(run.run_date, cfg.registered_model, version, run.mlflow_run_id, cfg.horizon_days)
+    meta = serving.run_metadata(run.run_date, cfg.registered_model, version, run.mlflow_run_id,
+                                run.split()["horizon_days"])
     with serving.ScoresWriter(run.scores, meta, run.progress_file("score")) as writer:
         if cfg.score_engine == "spark":
             spark_out = run.scores / "spark"

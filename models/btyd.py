@@ -53,8 +53,8 @@ def _configure_pytensor() -> None:
     extra = []
     if "cxx" not in given and not shutil.which("g++"):
         # Pure-Python/NumPy mode, chosen explicitly (no "g++ not detected" warning). Without C, fused elementwise
-        # ops run as Python loops over scalars: leaving fusion out keeps whole-array NumPy calls (6,000 customers:
-        # ~8 s a fit instead of ~27 s; C: ~4 s with a warm compile cache, ~60 s to fill a cold one).
+        # ops run as Python loops over scalars: leaving fusion out keeps whole-array NumPy calls (about 3x faster a
+        # fit; docs/benchmarks.md).
         extra += ["cxx=", "optimizer_excluding=fusion"]
     if "blas__ldflags" not in given:
         extra.append("blas__ldflags=")  # skip BLAS probing (slow, warns); these models have no matrix products

@@ -205,10 +205,9 @@ def full_softmax_loss(hidden: torch.Tensor, targets: torch.Tensor, item_vectors:
     """Mean cross-entropy of softmax(hidden @ item_vectors.T) over the catalogue (item 0, padding, excluded).
 
     The same value and gradients as F.cross_entropy(item_logits(hidden), targets), computed in chunks of rows
-    that stay in the CPU cache, with the softmax gradient written in place: on 2 CPU cores it made an epoch 1.8x
-    faster (1M synthetic events, 2,000 items: 47 -> 26 s; MovieLens-1M's shape, 3,706 items, sequences of 200:
-    102 -> 56 s) and it never holds the full (positions x items) logits. Logits are recomputed in the backward pass instead of kept. `chunk_rows`: default
-    256 on CPU (a chunk's logits stay in cache), 8192 on GPUs (fewer, larger kernels).
+    that stay in the CPU cache, with the softmax gradient written in place (docs/benchmarks.md has the speed-up); it
+    never holds the full (positions x items) logits: they are recomputed in the backward pass instead of kept.
+    `chunk_rows`: default 256 on CPU (a chunk's logits stay in cache), 8192 on GPUs (fewer, larger kernels).
     """
     if chunk_rows is None:
         chunk_rows = 256 if hidden.device.type == "cpu" else 8192

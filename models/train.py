@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import time
@@ -406,6 +407,8 @@ class Trainer:
 def log_model(mlflow, checkpoint: Path) -> dict[str, str]:
     """Log the final checkpoint as an MLflow PyTorch model (the checkpoint travels as an extra file)."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar is noise in a log file
+    # pickled on purpose: the checkpoint travelling beside it is what ltvrec loads, so MLflow's warning says nothing
+    logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
     info = mlflow.pytorch.log_model(
         LoadedModel.from_file(checkpoint).model, name="model", extra_files=[str(checkpoint)],
         serialization_format="pickle", pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy", "pandas"],
