@@ -55,9 +55,6 @@ class RunDir:
     def name(self) -> str:
         return self.path.name
 
-    def __truediv__(self, part: str) -> Path:
-        return self.path / part
-
     # what the stages read and write
     input = property(lambda self: self.path / "input")
     dbt = property(lambda self: self.path / "dbt")
@@ -122,7 +119,7 @@ class RunDir:
         write_json(self.path / "stages" / f"{name}.json", {"state": "done", **record})
 
     def mark_failed(self, name: str, error: BaseException | str, seconds: float | None = None) -> None:
-        message = str(error) if isinstance(error, str) else f"{error}" or type(error).__name__
+        message = str(error) or type(error).__name__
         write_json(self.path / "stages" / f"{name}.json", {"state": "failed", "error": message, "seconds": seconds})
 
     def records(self) -> dict[str, dict]:
