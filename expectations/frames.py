@@ -39,13 +39,11 @@ def features(features_dir: Path, eval_protocol: str) -> tuple[dict[str, pd.DataF
     evaluation protocol: how many events lie before each user's validation window."""
     from models.data import FeatureSet, Protocol
 
-    features_dir = Path(features_dir)
-    seq = pq.ParquetDataset(features_dir / "sequences").read(columns=["user_id", "items", "n_events"]).to_pandas()
-    seq["min_item"] = seq["items"].map(min)
-    seq["max_item"] = seq["items"].map(max)
-    fs = FeatureSet.load(features_dir)
+    fs = FeatureSet.load(Path(features_dir))
+    seq = pd.DataFrame({"user_id": fs.users, "n_events": [len(items) for items in fs.items],
+                        "min_item": [items.min() for items in fs.items], "max_item": [items.max() for items in fs.items]})
     window = pd.DataFrame({"events_before_validation": [int(Protocol.build(fs, eval_protocol).train_end.sum())]})
-    frames = {"sequences": seq.drop(columns="items"), "ltv_features": fs.ltv, "training_window": window}
+    frames = {"sequences": seq, "ltv_features": fs.ltv, "training_window": window}
     return frames, {"n_items": fs.n_items - 1}
 
 

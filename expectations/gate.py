@@ -49,12 +49,11 @@ def run_gate(name: str, frames: dict[str, pd.DataFrame], params: dict, out_dir: 
 
 
 def _quiet_context(out_dir: Path):
-    """A file-backed GX context in the gate's folder (its Data Docs), without progress bars or INFO chatter."""
+    """A file-backed GX context in the gate's folder (its Data Docs), without progress bars (its INFO chatter is
+    quieted in expectations/__init__.py)."""
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
-    for noisy in ("great_expectations", "great_expectations._docs_decorators"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
     # pandas frames have no config variables to substitute: GX warns about its missing provider all the same
     warnings.filterwarnings("ignore", message="config variables .* need substitution")
     context = gx.get_context(mode="file", project_root_dir=str(out_dir))

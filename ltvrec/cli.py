@@ -16,8 +16,9 @@ from typing import Optional
 
 import typer
 
-from ltvrec.config import (PROJECT_ROOT, RunConfig, connection_uri, default_text, default_warehouse_url, kind_of,
-                           knobs, ltvrec_home, mlflow_tracking_uri, params_markdown, redact_url)
+from ltvrec.config import (PROJECT_ROOT, PY_TYPES, RunConfig, connection_uri, default_text, default_warehouse_url,
+                           kind_of, knobs, ltvrec_home, mlflow_tracking_uri, params_markdown, redact_url)
+from ltvrec.launch import tool
 
 app = typer.Typer(help="ltvrec: raw events -> top-N recommendations and customer LTV in a warehouse.", no_args_is_help=True)
 PATH_KNOBS = ("path", "items_path")  # resolved to absolute paths: Airflow runs from another directory
@@ -43,7 +44,7 @@ def airflow_env() -> dict[str, str]:
 
 
 def _airflow(args: list[str], env: dict[str, str], **kwargs) -> int:
-    return subprocess.call([str(Path(sys.executable).parent / "airflow"), *args], env=env, **kwargs)
+    return subprocess.call([tool("airflow"), *args], env=env, **kwargs)
 
 
 def _ensure_airflow_db(env: dict[str, str]) -> None:
@@ -51,8 +52,7 @@ def _ensure_airflow_db(env: dict[str, str]) -> None:
     if not marker.exists():
         with open(Path(env["AIRFLOW_HOME"]) / "db-migrate.log", "w") as out:
             if _airflow(["db", "migrate"], env, stdout=out, stderr=subprocess.STDOUT) != 0:
-                typer.echo(f"error: `airflow db migrate` failed; see {out.name}", err=True)
-                raise typer.Exit(1)
+                fail(f"`airflow db migrate` failed; see {out.name}", 1)
         marker.touch()
 
 
@@ -100,8 +100,7 @@ def _knob_option(f: dataclasses.Field) -> inspect.Parameter:
     choices = f"[{'|'.join(meta['choices'])}]" if meta["choices"] else None
     option = typer.Option(None, *decls, help=f"{meta['help']} (default: {default_text(f)})",
                           rich_help_panel=meta["group"], metavar=choices, show_default=False)
-    py_type = {"int": int, "float": float, "str": str, "bool": bool}[kind]
-    return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=Optional[py_type])
+    return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=Optional[PY_TYPES[kind]])
 
 
 run.__signature__ = inspect.Signature([_knob_option(f) for f in knobs()] + [
@@ -171,7 +170,7 @@ def ui(which: str = typer.Argument(..., help="mlflow or airflow"), port: Optiona
     """Start the MLflow UI or Airflow (standalone: api-server, scheduler, dag-processor) on localhost."""
     env = airflow_env()
     if which == "mlflow":
-        cmd = [str(Path(sys.executable).parent / "mlflow"), "ui", "--backend-store-uri", mlflow_tracking_uri(),
+        cmd = [tool("mlflow"), "ui", "--backend-store-uri", mlflow_tracking_uri(),
                "--host", "127.0.0.1", "--port", str(port or 5000)]
         raise typer.Exit(subprocess.call(cmd, env=env))
     if which == "airflow":

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import nullcontext
 from datetime import datetime
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from rich.live import Live
 from rich.text import Text
 
 from ltvrec.config import DAG_ID, default_warehouse_url, ltvrec_home, mlflow_tracking_uri, redact_url
+from ltvrec.launch import tool
 from ltvrec.rundir import STAGES, RunDir
 
 ICONS = {"running": ("…", "yellow"), "done": ("✓", "green"), "failed": ("✗", "red")}
@@ -32,13 +34,16 @@ def run_dag(params: dict, env: dict[str, str], verbose: bool) -> int:
     started = time.time()
     airflow_log = ltvrec_home() / "logs" / f"airflow-{datetime.now():%Y%m%dT%H%M%S}.log"
     airflow_log.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [str(Path(sys.executable).parent / "airflow"), "dags", "test", DAG_ID, "--conf", json.dumps(params)]
+    cmd = [tool("airflow"), "dags", "test", DAG_ID, "--conf", json.dumps(params)]
     with open(airflow_log, "w") as log:
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE if verbose else log, stderr=subprocess.STDOUT,
                                 text=True)
-        if verbose:
-            threading.Thread(target=_tee, args=(proc.stdout, log), daemon=True).start()
+        tee = threading.Thread(target=_tee, args=(proc.stdout, log)) if verbose else None
+        if tee:
+            tee.start()
         run = StageView(out, live=out.is_terminal and not verbose).follow(proc, started)
+        if tee:
+            tee.join()  # Airflow's last lines are written before the log is closed
     if run is not None:
         airflow_log = airflow_log.replace(run.log_file("airflow"))
     if proc.returncode == 0 and run is not None and run.summary_file.exists():
@@ -68,7 +73,7 @@ class StageView:
 
     def follow(self, proc: subprocess.Popen, started: float) -> RunDir | None:
         run = None
-        with Live(console=self.console, refresh_per_second=4, transient=False) if self.live else _Nothing() as live:
+        with Live(console=self.console, refresh_per_second=4, transient=False) if self.live else nullcontext() as live:
             while True:
                 finished = proc.poll() is not None
                 run = run or find_run(started)
@@ -86,14 +91,6 @@ class StageView:
             if rec.get("state") in ("done", "failed") and name not in self.printed:
                 self.printed.add(name)
                 self.console.print(stage_line(run, name, rec), soft_wrap=True)
-
-
-class _Nothing:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc) -> None:
-        return None
 
 
 def stages_so_far(run: RunDir) -> list[tuple[str, dict]]:
@@ -115,11 +112,8 @@ def stage_line(run: RunDir, name: str, rec: dict) -> Text:
 
 def progress_text(run: RunDir, name: str) -> str:
     """A bar for the trainer's epochs or the scorer's users, from their progress files."""
-    if name not in ("train", "score"):
-        return ""
-    try:
-        progress = json.loads(run.progress_file(name).read_text())
-    except (OSError, ValueError):
+    progress = run.progress(name) if name in ("train", "score") else {}
+    if not progress:
         return ""
     if name == "train":
         done, total = progress.get("batch", 0), max(progress.get("batches", 1), 1)

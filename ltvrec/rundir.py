@@ -79,6 +79,10 @@ class RunDir:
     def progress_file(self, stage: str) -> Path:
         return {"train": self.train, "score": self.scores}[stage] / "progress.json"
 
+    def progress(self, stage: str) -> dict:
+        """What the trainer or the scorer last wrote to its progress file ({} before it wrote any)."""
+        return read_json(self.progress_file(stage), {})
+
     def config(self) -> RunConfig:
         return RunConfig.load(self.path / "config.json")
 
@@ -123,9 +127,10 @@ class RunDir:
         write_json(self.path / "stages" / f"{name}.json", {"state": "failed", "error": message, "seconds": seconds})
 
     def records(self) -> dict[str, dict]:
-        """The records of the stages that are done, in pipeline order."""
+        """The records of the stages that are done, in pipeline order (without their state)."""
         found = {name: self.stage(name) for name in STAGES}
-        return {name: rec for name, rec in found.items() if rec and rec.get("state") == "done"}
+        return {name: {k: v for k, v in rec.items() if k != "state"}
+                for name, rec in found.items() if rec and rec.get("state") == "done"}
 
     def failure(self) -> tuple[str, dict] | None:
         """(stage, record) of the first failed stage, or None."""

@@ -8,6 +8,7 @@ produced each row.
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -42,8 +43,8 @@ def run_metadata(run_date: str, model_name: str, model_version: str, mlflow_run_
 
 def with_metadata(table: str, batch: pa.RecordBatch, meta: dict[str, pa.Scalar]) -> pa.RecordBatch:
     schema = SERVING_SCHEMAS[table]
-    columns = [batch.column(f.name).cast(f.type) if f.name in batch.schema.names else pa.repeat(meta[f.name], batch.num_rows)
-               for f in schema]
+    columns = [batch.column(f.name).cast(f.type) if f.name in batch.schema.names
+               else pa.repeat(meta[f.name], batch.num_rows) for f in schema]
     return pa.RecordBatch.from_arrays(columns, schema=schema)
 
 
@@ -76,7 +77,7 @@ class ScoresWriter:
         from models.score import stream_scores
 
         fs = FeatureSet.load(features_dir)
-        started = datetime.now().timestamp()
+        started = time.time()
         for recs, ltv in stream_scores(fs, LoadedModel.from_file(checkpoint), cfg.top_n, cfg.rank_by,
                                        cfg.score_chunk_users, max_per_category=cfg.max_per_category):
             self.write("recommendations", recs)
@@ -98,7 +99,7 @@ class ScoresWriter:
 
     def _progress(self, done: int, total: int, started: float) -> None:
         if self.progress_file is not None:
-            seconds = max(datetime.now().timestamp() - started, 1e-9)
+            seconds = max(time.time() - started, 1e-9)
             write_json(self.progress_file, {"phase": "score", "done": done, "total": total, "per_s": done / seconds})
 
 

@@ -21,8 +21,7 @@ from ltvrec.config import DAG_ID, EVENT_TYPES, RunConfig, ltvrec_home
 from ltvrec.rundir import RunDir, write_json
 
 log = logging.getLogger("ltvrec")
-QUIET_LOGGERS = ("great_expectations", "mlflow", "alembic", "matplotlib", "pytensor", "pymc", "py4j", "urllib3",
-                 "numba", "filelock", "httpx")
+QUIET_LOGGERS = ("matplotlib",)  # GX and MLflow are quieted where they are used (expectations/gate.py, tracking.py)
 
 
 def stage(fn):
@@ -57,8 +56,7 @@ def stage_log(log_file: Path):
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.addHandler(handler)
-    if root.level > logging.INFO or root.level == logging.NOTSET:
-        log.setLevel(logging.INFO)
+    log.setLevel(logging.INFO)
     try:
         yield
     finally:
@@ -155,8 +153,9 @@ def features(run: RunDir) -> dict:
             "--holdout-days", str(cfg.holdout_days), "--ltv-train-windows", str(cfg.ltv_train_windows),
             "--event-types", ",".join(EVENT_TYPES), *(["--as-of", cfg.as_of] if cfg.as_of else [])]
     launch.spark_submit("features.py", args, cfg.resolved_spark_master, run.log_file("features"))
-    tracking.name_run(cfg, run.mlflow_run_id, run.run_date)
-    return {"rows": rows | feature_rows(run.features), "split": run.split()}
+    split = run.split()
+    tracking.name_run(cfg, run.mlflow_run_id, split["as_of"])
+    return {"rows": rows | feature_rows(run.features), "split": split}
 
 
 def feature_rows(features_dir: Path) -> dict[str, int]:
@@ -268,9 +267,13 @@ def score(run: RunDir) -> dict:
     """Top-N for every user and an LTV estimate for every customer with the `@champion`, streamed into the scores
     files: on this machine (CPU or GPU), or with score_engine=spark in jobs/score.py on the Spark cluster."""
     cfg = run.config()
-    version, checkpoint = tracking.champion_checkpoint(cfg)
-    meta = serving.run_metadata(run.run_date, cfg.registered_model, version, run.mlflow_run_id,
-                                run.split()["horizon_days"])
+    champion = tracking.champion_checkpoint(cfg)
+    if champion is None:  # register runs first: only a failed registration gets here
+        raise RuntimeError(f"no @champion of {cfg.registered_model} in the registry to score with")
+    version, checkpoint = champion
+    split = run.split()
+    meta = serving.run_metadata(split["as_of"], cfg.registered_model, version, run.mlflow_run_id,
+                                split["horizon_days"])
     with serving.ScoresWriter(run.scores, meta, run.progress_file("score")) as writer:
         if cfg.score_engine == "spark":
             spark_out = run.scores / "spark"
@@ -285,7 +288,7 @@ def score(run: RunDir) -> dict:
                      "only LTV estimates are published")
         log.warning(notes[-1])
     return {"rows": writer.rows | {"users_scored": writer.users}, "champion_version": version,
-            "run_date": run.run_date, "engine": cfg.score_engine, "notes": notes}
+            "run_date": split["as_of"], "engine": cfg.score_engine, "notes": notes}
 
 
 @stage
@@ -312,25 +315,25 @@ def publish(run: RunDir) -> dict:
 
 def summarize(run_dir: str) -> dict:
     """Gather every stage's record into summary.json and log it to MLflow."""
-    run = RunDir(Path(run_dir))
-    records = run.records()
+    run, started = RunDir(Path(run_dir)), time.time()
+    cfg, records = run.config(), run.records()
     summary = {
         "run_id": run.name,
         "mlflow_run_id": run.mlflow_run_id,
         "dataset_digest": records.get("ingest", {}).get("dataset_digest"),
-        "config": run.config().to_dict(),
+        "config": cfg.to_dict(),
         "run_date": records.get("publish", {}).get("run_date"),
         "rows": {name: rec["rows"] for name, rec in records.items() if "rows" in rec},
         "quarantine": records.get("dbt_build", {}).get("quarantine", {}),
         "quarantine_items": records.get("dbt_build", {}).get("quarantine_items", {}),
         "metrics": records.get("evaluate", {}).get("metrics", {}),
-        "training": {k: v for k, v in records.get("train", {}).items() if k not in ("seconds", "state")},
+        "training": {k: v for k, v in records.get("train", {}).items() if k != "seconds"},
         "registry": records.get("register", {}),
         "timings_s": {name: rec["seconds"] for name, rec in records.items()},
     }
     write_json(run.summary_file, strict_json(summary))
-    tracking.log_artifact(run.config(), run.mlflow_run_id, run.summary_file)
-    run.mark_done("summarize", {"seconds": 0.0})
+    tracking.log_artifact(cfg, run.mlflow_run_id, run.summary_file)
+    run.mark_done("summarize", {"seconds": round(time.time() - started, 3)})
     return summary
 
 

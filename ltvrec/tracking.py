@@ -96,21 +96,22 @@ def champion_version(cfg: RunConfig) -> str | None:
         return None
 
 
-def champion_checkpoint(cfg: RunConfig) -> tuple[str, Path]:
-    """(version, local checkpoint file) of the current `@champion`."""
+def champion_checkpoint(cfg: RunConfig) -> tuple[str, Path] | None:
+    """(version, local checkpoint file) of the current `@champion`, or None before the first promotion."""
     from models.checkpoint import registry_checkpoint
 
     version = champion_version(cfg)
     if version is None:
-        raise RuntimeError(f"no @champion of {cfg.registered_model} in the registry ({mlflow_tracking_uri()})")
+        return None
     return version, registry_checkpoint(f"models:/{cfg.registered_model}/{version}")
 
 
 def copy_champion(cfg: RunConfig, target: Path) -> Path | None:
     """The `@champion`'s checkpoint copied to `target` (warm start); None when there is no champion yet."""
-    if champion_version(cfg) is None:
+    champion = champion_checkpoint(cfg)
+    if champion is None:
         log.info("warm start requested but %s has no champion yet: training from scratch", cfg.registered_model)
         return None
     target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(champion_checkpoint(cfg)[1], target)
+    shutil.copy(champion[1], target)
     return target
