@@ -95,7 +95,7 @@ def test_metrics(run_dir: Path) -> dict:
     from models.evaluate import evaluate_recommendations
 
     fs = FeatureSet.load(run_dir / "features")
-    rec = evaluate_recommendations(fs, LoadedModel.from_file(run_dir / "train" / "final.pt"), Protocol.build(fs, "leave_one_out"))
+    rec, _ = evaluate_recommendations(fs, LoadedModel.from_file(run_dir / "train" / "final.pt"), Protocol.build(fs, "leave_one_out"))
     return {m: {k: round(v, 4) for k, v in vals.items() if k in ("ndcg_10", "hr_10", "n_test_users")} for m, vals in rec.items()}
 
 

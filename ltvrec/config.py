@@ -76,10 +76,18 @@ class RunConfig:
                                        minimum=0, maximum=1)
     max_volume_ratio: float = knob(10.0, "raw gate: raw events within this factor of the last published run's",
                                    "gates", above=1)
-    ndcg_tolerance: float = knob(0.005, "model gate: how far the challenger's NDCG@10 may fall below the champion's "
-                                 "(negative: must improve)", "gates")
-    gini_tolerance: float = knob(0.01, "model gate: how far its LTV normalized Gini may fall below the champion's",
-                                 "gates")
+    ndcg_tolerance: float = knob(0.005, "model gate: how far the challenger's NDCG@10 may be shown to fall below "
+                                 "the champion's (negative: must improve)", "gates")
+    gini_tolerance: float = knob(0.01, "model gate: the same for its LTV normalized Gini", "gates")
+    decile_mape_tolerance: float = knob(0.02, "model gate: how far its LTV decile MAPE may be shown to rise above the "
+                                        "champion's", "gates")
+    gate_confidence: float = knob(0.95, "model gate: confidence of the paired bootstrap interval; a challenger is "
+                                  "rejected only when the whole interval is worse than the tolerance", "gates",
+                                  minimum=0.5, maximum=0.999)
+    gate_resamples: int = knob(1000, "model gate: bootstrap resamples of the holdout's users", "gates", minimum=100)
+    champion_min_known_share: float = knob(0.5, "model gate: a champion that knows less than this share of the "
+                                           "catalogue's items or of the users' recent items is unfit (replaced by a "
+                                           "challenger that beats the baselines)", "gates", minimum=0, maximum=1)
     # model
     max_seq_len: int | None = knob(None, "events per user sequence", "model", minimum=1)
     d_model: int = knob(64, "width of the transformer", "model", minimum=1)
@@ -122,7 +130,9 @@ class RunConfig:
     warehouse_conn_id: str | None = knob(None, "Airflow connection holding the warehouse URI (wins over "
                                          "warehouse_url)", "services")
     spark_master: str | None = knob(None, "Spark master; default: $LTVREC_SPARK_MASTER, else local[2]", "services")
-    model_name: str | None = knob(None, "registered model; default: ltvrec-<source>", "services")
+    model_name: str | None = knob(None, "registered model (one @champion per name); default: ltvrec-<source> and, for "
+                                  "a path, its folder and file name without dates", "services",
+                                  pattern=r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")
     experiment: str = knob("ltvrec", "MLflow experiment", "services")
     # experimental: measured without a clear gain (docs/model.md), off by default
     time_gaps: bool = knob(False, "embed the time since each event's predecessor", "experimental")
@@ -166,11 +176,25 @@ class RunConfig:
 
     @property
     def registered_model(self) -> str:
-        return self.model_name or f"ltvrec-{self.source.replace('_', '-')}"
+        return self.model_name or default_model_name(self.source, self.path)
 
     @property
     def resolved_spark_master(self) -> str:
         return self.spark_master or os.environ.get("LTVREC_SPARK_MASTER", "local[2]")
+
+
+def default_model_name(source: str, path: str | None) -> str:
+    """One registered model per dataset: two shops run through the same source kind never compete for one
+    @champion. The name is the source and the input's folder and file name, without dates (a daily export,
+    events_2026-12-01.csv, keeps its name); e.g. ltvrec-events-shop-a-events."""
+    parts = [source]
+    if path:
+        resolved = Path(path).expanduser().resolve()
+        stem = resolved.name.split(".")[0] if resolved.name else ""
+        parts += [resolved.parent.name, stem]
+    slug = re.sub(r"(19|20)\d{2}-?[01]\d-?[0-3]\d", "", "-".join(parts).lower())
+    slug = re.sub(r"[^a-z0-9]+", "-", slug).strip("-")
+    return f"ltvrec-{slug}"[:200]
 
 
 PY_TYPES = {"int": int, "float": float, "str": str, "bool": bool}

@@ -137,7 +137,7 @@ def headline(name: str, rec: dict) -> str:
         return (f"{epochs} epoch{'s' * (epochs != 1)} (best {rec.get('best_epoch')}), best validation NDCG@10 "
                 f"{rec.get('best_val_ndcg_10', 0):.4f}, {rec.get('device')} x{rec.get('world_size')}")
     if name == "register":
-        return f"v{rec.get('version')} {rec.get('decision')}, champion v{rec.get('champion')}"
+        return f"v{rec.get('version')} {rec.get('decision')}, {champions_text(rec)}"
     if name == "evaluate":
         model = rec.get("metrics", {}).get("recommendation", {}).get("model", {})
         return f"NDCG@10 {model['ndcg_10']:.4f}" if "ndcg_10" in model else ""
@@ -145,14 +145,21 @@ def headline(name: str, rec: dict) -> str:
     return "  ".join(f"{key} {value:,}" for key, value in rows.items() if isinstance(value, int))
 
 
+def champions_text(registry: dict) -> str:
+    rec, ltv = registry.get("champion"), registry.get("ltv_champion", registry.get("champion"))
+    return f"@champion v{rec}" if rec == ltv else f"@champion v{rec} (recommendations), @ltv_champion v{ltv} (LTV)"
+
+
 def print_results(console: Console, run: RunDir, seconds: float) -> None:
     s = json.loads(run.summary_file.read_text())
     registry = s["registry"]
-    if registry.get("decision", "promoted") == "promoted":
+    decision = registry.get("decision", "promoted")
+    if decision == "promoted":
         verdict = f"v{registry.get('version')} promoted to @champion"
+    elif decision == "rejected":
+        verdict = f"v{registry.get('version')} REJECTED by the model gate; scored with {champions_text(registry)}"
     else:
-        verdict = (f"v{registry.get('version')} REJECTED by the model gate; scored with @champion "
-                   f"v{registry.get('champion')}")
+        verdict = f"v{registry.get('version')} {decision}; scored with {champions_text(registry)}"
     conn_id = s["config"].get("warehouse_conn_id")
     url = (f"Airflow connection {conn_id}" if conn_id
            else redact_url(s["config"].get("warehouse_url") or default_warehouse_url()))

@@ -31,20 +31,23 @@ SERVING_SCHEMAS = {
 BATCH_ROWS = 100_000
 
 
-def run_metadata(run_date: str, model_name: str, model_version: str, mlflow_run_id: str,
-                 horizon_days: int) -> dict[str, pa.Scalar]:
-    """The columns that are the same on every row of a run's scores."""
+def run_metadata(run_date: str, model_name: str, versions: dict[str, str], mlflow_run_id: str,
+                 horizon_days: int) -> dict[str, dict[str, pa.Scalar]]:
+    """By table, the columns that are the same on every row of a run's scores. `versions`: the model version
+    behind each head ({"recommendation": ..., "ltv": ...}: the model gate decides them separately);
+    `horizon_days`: the horizon the LTV head was trained for."""
     generated_at = datetime.now(timezone.utc).replace(tzinfo=None)
-    return {"run_date": pa.scalar(pd.Timestamp(run_date).date(), pa.date32()),
-            "generated_at": pa.scalar(generated_at, pa.timestamp("us")), "model_name": pa.scalar(model_name),
-            "model_version": pa.scalar(str(model_version)), "mlflow_run_id": pa.scalar(mlflow_run_id),
-            "horizon_days": pa.scalar(horizon_days, pa.int32())}
+    common = {"run_date": pa.scalar(pd.Timestamp(run_date).date(), pa.date32()),
+              "generated_at": pa.scalar(generated_at, pa.timestamp("us")), "model_name": pa.scalar(model_name),
+              "mlflow_run_id": pa.scalar(mlflow_run_id), "horizon_days": pa.scalar(horizon_days, pa.int32())}
+    return {"recommendations": common | {"model_version": pa.scalar(str(versions["recommendation"]))},
+            "ltv_estimates": common | {"model_version": pa.scalar(str(versions["ltv"]))}}
 
 
-def with_metadata(table: str, batch: pa.RecordBatch, meta: dict[str, pa.Scalar]) -> pa.RecordBatch:
+def with_metadata(table: str, batch: pa.RecordBatch, meta: dict[str, dict[str, pa.Scalar]]) -> pa.RecordBatch:
     schema = SERVING_SCHEMAS[table]
     columns = [batch.column(f.name).cast(f.type) if f.name in batch.schema.names
-               else pa.repeat(meta[f.name], batch.num_rows) for f in schema]
+               else pa.repeat(meta[table][f.name], batch.num_rows) for f in schema]
     return pa.RecordBatch.from_arrays(columns, schema=schema)
 
 
@@ -52,7 +55,7 @@ class ScoresWriter:
     """Streams scorer batches into scores/<table>.parquet with the run's metadata; counts rows and users, and keeps
     `progress_file` (users scored of all) up to date for the CLI."""
 
-    def __init__(self, out_dir: Path, meta: dict[str, pa.Scalar], progress_file: Path | None = None):
+    def __init__(self, out_dir: Path, meta: dict[str, dict[str, pa.Scalar]], progress_file: Path | None = None):
         self.out_dir, self.meta, self.progress_file = Path(out_dir), meta, progress_file
         self.rows = {table: 0 for table in SERVING_TABLES}
         self.users = 0

@@ -247,19 +247,21 @@ def evaluate(run: RunDir) -> dict:
     protocol = Protocol.build(fs, cfg.eval_protocol)
     factors = load_factors(run.als, len(fs.users), fs.n_items) if (run.als / "item_factors").exists() else None
     report = evaluate_run(fs, LoadedModel.from_file(run.final_checkpoint), protocol, factors)
-    champion = promotion.evaluate_champion(cfg, fs, protocol, report.actual)
-    report.add_champion(champion)
+    champions = promotion.evaluate_champions(cfg, fs, protocol, report)
+    comparisons = promotion.compare(cfg, report, champions)
     write_report(report, run.evaluation)
     tracking.log_evaluation(cfg, run.mlflow_run_id, report.flat_metrics(), run.evaluation)
-    return {"metrics": report.metrics, "champion": {k: v for k, v in champion.items() if k in ("version", "error")}}
+    gate = {"champions": champions, "coupled": promotion.coupling(cfg, champions),
+            "comparisons": {h: [c.to_dict() for c in found] for h, found in comparisons.items()}}
+    return {"metrics": report.metrics, "gate": gate}
 
 
 @stage
 def register(run: RunDir) -> dict:
     """Register the challenger; the model gate (ltvrec/promotion.py) decides whether it becomes `@champion`."""
     evaluated = run.stage("evaluate")
-    return promotion.register(run.config(), run.train_result()["model_uri"], evaluated["metrics"],
-                              evaluated.get("champion") or {}, run.name, run.mlflow_run_id)
+    return promotion.register(run.config(), run.train_result()["model_uri"], evaluated["metrics"], evaluated["gate"],
+                              run.name, run.mlflow_run_id)
 
 
 @stage
@@ -267,13 +269,12 @@ def score(run: RunDir) -> dict:
     """Top-N for every user and an LTV estimate for every customer with the `@champion`, streamed into the scores
     files: on this machine (CPU or GPU), or with score_engine=spark in jobs/score.py on the Spark cluster."""
     cfg = run.config()
-    champion = tracking.champion_checkpoint(cfg)
-    if champion is None:  # register runs first: only a failed registration gets here
+    versions = tracking.champion_versions(cfg)
+    if not versions:  # register runs first: only a failed registration gets here
         raise RuntimeError(f"no @champion of {cfg.registered_model} in the registry to score with")
-    version, checkpoint = champion
     split = run.split()
-    meta = serving.run_metadata(split["as_of"], cfg.registered_model, version, run.mlflow_run_id,
-                                split["horizon_days"])
+    checkpoint, horizon_days = champion_model(cfg, versions, run.scores, split["horizon_days"])
+    meta = serving.run_metadata(split["as_of"], cfg.registered_model, versions, run.mlflow_run_id, horizon_days)
     with serving.ScoresWriter(run.scores, meta, run.progress_file("score")) as writer:
         if cfg.score_engine == "spark":
             spark_out = run.scores / "spark"
@@ -287,8 +288,36 @@ def score(run: RunDir) -> dict:
         notes.append("no recommendations: every user has already interacted with every item of the catalogue; "
                      "only LTV estimates are published")
         log.warning(notes[-1])
-    return {"rows": writer.rows | {"users_scored": writer.users}, "champion_version": version,
-            "run_date": split["as_of"], "engine": cfg.score_engine, "notes": notes}
+    return {"rows": writer.rows | {"users_scored": writer.users}, "champion_version": versions["recommendation"],
+            "ltv_champion_version": versions["ltv"], "ltv_horizon_days": horizon_days, "run_date": split["as_of"],
+            "engine": cfg.score_engine, "notes": notes}
+
+
+def champion_model(cfg: RunConfig, versions: dict[str, str], folder: Path, run_horizon: int) -> tuple[Path, int]:
+    """The checkpoint that scores this run (the recommender's champion, with the LTV champion's head when the model
+    gate chose another version for it) and the LTV horizon its head was trained for: the horizon the published
+    estimates are labelled with."""
+    import torch
+
+    from models.checkpoint import combine_heads
+
+    checkpoint = tracking.model_checkpoint(cfg, versions["recommendation"])
+    if versions["ltv"] != versions["recommendation"]:
+        folder.mkdir(parents=True, exist_ok=True)
+        checkpoint = combine_heads(checkpoint, tracking.model_checkpoint(cfg, versions["ltv"]),
+                                   folder / "champions.pt")
+        log.info("scoring with v%s's recommender and v%s's LTV head", versions["recommendation"], versions["ltv"])
+    horizon = torch.load(checkpoint, map_location="cpu", weights_only=False).get("horizon_days")
+    if horizon is None:
+        log.warning("the LTV champion's horizon is not recorded (an older model): its estimates are labelled with "
+                    "this run's horizon, %d days", run_horizon)
+        return checkpoint, run_horizon
+    if horizon != run_horizon:  # its features (spend_past_h, ...) would be read over the wrong window
+        raise RuntimeError(f"the LTV champion v{versions['ltv']} of {cfg.registered_model} was trained for a "
+                           f"{horizon}-day horizon, this run's features for {run_horizon} days, and the challenger's "
+                           "LTV head did not pass the model gate (see the register stage): no LTV estimate fit to "
+                           f"publish. Rerun with --horizon-days {horizon}, or with a model_name of its own.")
+    return checkpoint, int(horizon)
 
 
 @stage

@@ -84,34 +84,46 @@ def set_run_tags(cfg: RunConfig, run_id: str, tags: dict[str, str]) -> None:
         MlflowClient().set_tag(run_id, key, value)
 
 
-def champion_version(cfg: RunConfig) -> str | None:
-    """The version of the registered model that holds `@champion`, or None before the first promotion."""
+# the registry alias of each head's champion: the model gate decides the heads separately (ltvrec/promotion.py)
+ALIASES = {"recommendation": "champion", "ltv": "ltv_champion"}
+
+
+def champion_versions(cfg: RunConfig) -> dict[str, str]:
+    """{head: version} of the registered model's champions; {} before the first promotion. A registry from before
+    per-head decisions has no @ltv_champion: its @champion then serves both heads."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     configure(cfg.experiment)
-    try:
-        return str(MlflowClient().get_model_version_by_alias(cfg.registered_model, "champion").version)
-    except MlflowException:
-        return None
+    found = {}
+    for head, alias in ALIASES.items():
+        try:
+            found[head] = str(MlflowClient().get_model_version_by_alias(cfg.registered_model, alias).version)
+        except MlflowException:
+            pass
+    if "recommendation" in found and "ltv" not in found:
+        found["ltv"] = found["recommendation"]
+    return found
 
 
-def champion_checkpoint(cfg: RunConfig) -> tuple[str, Path] | None:
-    """(version, local checkpoint file) of the current `@champion`, or None before the first promotion."""
+def champion_version(cfg: RunConfig) -> str | None:
+    """The version that holds `@champion` (the recommender's), or None before the first promotion."""
+    return champion_versions(cfg).get("recommendation")
+
+
+def model_checkpoint(cfg: RunConfig, version: str) -> Path:
+    """The local checkpoint file of one version of the registered model."""
     from models.checkpoint import registry_checkpoint
 
-    version = champion_version(cfg)
-    if version is None:
-        return None
-    return version, registry_checkpoint(f"models:/{cfg.registered_model}/{version}")
+    return registry_checkpoint(f"models:/{cfg.registered_model}/{version}")
 
 
 def copy_champion(cfg: RunConfig, target: Path) -> Path | None:
     """The `@champion`'s checkpoint copied to `target` (warm start); None when there is no champion yet."""
-    champion = champion_checkpoint(cfg)
-    if champion is None:
+    version = champion_version(cfg)
+    if version is None:
         log.info("warm start requested but %s has no champion yet: training from scratch", cfg.registered_model)
         return None
     target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(champion[1], target)
+    shutil.copy(model_checkpoint(cfg, version), target)
     return target

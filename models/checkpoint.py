@@ -22,6 +22,8 @@ class LoadedModel:
         # catalogue price by model item index (0 = padding); value-aware ranking multiplies by it
         self.item_price = np.asarray(ckpt["item_price"], dtype=np.float64)
         self.scaler = FeatureScaler.from_dict(ckpt["scaler"])
+        # the LTV horizon its head was trained for (None: a checkpoint from before it was recorded)
+        self.horizon_days: int | None = ckpt.get("horizon_days")
 
     @classmethod
     def from_file(cls, path: Path) -> "LoadedModel":
@@ -69,3 +71,25 @@ def warm_start(model: SeqRecModel, ckpt: dict, item_ids: list[str]) -> dict[str,
     model.load_state_dict(new_state)
     return {"tensors_copied": copied, "tensors_total": len(new_state), "items_carried": len(pairs),
             "items_new": len(item_ids) - len(pairs)}
+
+
+LTV_HEAD_CONFIG = ("n_ltv_features", "ltv_user_dim", "ltv_sigma_max", "ltv_prior", "ltv_correction_weight")
+
+
+def combine_heads(recommender: Path, ltv: Path, out: Path) -> Path:
+    """One checkpoint that recommends like `recommender` and estimates LTV like `ltv` (the model gate decides the
+    two heads separately, ltvrec/promotion.py). Only a head that reads LTV features alone (ltv_user_dim = 0) can
+    move to another model: one that reads the user vector needs its own encoder."""
+    rec, head = (torch.load(p, map_location="cpu", weights_only=False) for p in (recommender, ltv))
+    if head["model_config"]["ltv_user_dim"]:
+        raise ValueError(f"{ltv}: its LTV head reads the user vector (ltv_user_dim > 0) and cannot be combined with "
+                         "another model's encoder")
+    state = {k: v for k, v in rec["model"].items() if not k.startswith(("ltv_head.", "ltv_user."))}
+    for name, tensor in head["model"].items():
+        if name.startswith("ltv_head."):
+            state[name] = tensor
+    combined = rec | {"model": state, "scaler": head["scaler"], "horizon_days": head.get("horizon_days"),
+                      "model_config": rec["model_config"] | {k: head["model_config"][k] for k in LTV_HEAD_CONFIG}}
+    LoadedModel(combined)  # raises here, not in the scorer, if the head does not fit the encoder's width
+    torch.save(combined, out)
+    return out

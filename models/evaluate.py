@@ -13,7 +13,7 @@ import torch
 
 from models.checkpoint import LoadedModel
 from models.data import FeatureSet, Protocol, epoch, pad_left
-from models.metrics import ranking_metrics
+from models.metrics import ndcg_per_user, ranking_metrics
 from models.ranking import factor_topk, model_topk, popularity_topk
 
 KS = (10, 20)
@@ -38,12 +38,13 @@ def to_model_index(mapping: np.ndarray, items: list[np.ndarray], types: list[np.
 
 def evaluate_recommendations(fs: FeatureSet, loaded: LoadedModel, protocol: Protocol,
                              factors: tuple[np.ndarray, np.ndarray] | None = None,
-                             baselines: bool = True) -> dict[str, dict[str, float]]:
+                             baselines: bool = True) -> tuple[dict[str, dict[str, float]], dict[str, np.ndarray]]:
     """Test-window metrics of the model and, with `baselines`, of its value-aware ranking, popularity and (when
-    given, ALS) factor baselines."""
+    given, ALS) factor baselines; and each one's per-user NDCG@10 (the holdout users in one order, for the model
+    gate's paired comparisons)."""
     users, targets = fs.holdout(protocol.valid_end, protocol.test_end)
     if len(users) == 0:
-        return {}
+        return {}, {}
     own_items, own_types, own_ts = fs.prefixes(protocol.valid_end, users)
     its, tys, times = to_model_index(remap(fs.item_ids, loaded), own_items, own_types, own_ts)
     topk_model, _, _ = model_topk(loaded.model, its, tys, k=max(KS), ts=times)
@@ -51,22 +52,37 @@ def evaluate_recommendations(fs: FeatureSet, loaded: LoadedModel, protocol: Prot
     to_run = np.array([0] + [run_index.get(i, 0) for i in loaded.item_ids], dtype=np.int64)
     n, price = fs.n_items - 1, fs.item_price
 
-    def metrics(topk: np.ndarray) -> dict[str, float]:
-        return ranking_metrics(topk, targets, KS, n, item_price=price)
+    results, per_user = {}, {}
 
-    results = {"model": metrics(to_run[topk_model])}
+    def measure(name: str, topk: np.ndarray) -> None:
+        results[name] = ranking_metrics(topk, targets, KS, n, item_price=price)
+        per_user[name] = ndcg_per_user(topk, targets, 10)
+
+    measure("model", to_run[topk_model])
     if not baselines:
-        return results
+        return results, per_user
     if (loaded.item_price > 0).any():  # value-aware ranking (rank_by=expected_value), where items have prices
         topk_value, _, _ = model_topk(loaded.model, its, tys, k=max(KS), item_value=loaded.item_price, ts=times)
-        results["model_expected_value"] = metrics(to_run[topk_value])
+        measure("model_expected_value", to_run[topk_value])
     counts = np.bincount(np.concatenate(own_items), minlength=fs.n_items).astype(float)
-    results["popularity"] = metrics(popularity_topk(counts, own_items, k=max(KS)))
+    measure("popularity", popularity_topk(counts, own_items, k=max(KS)))
     if factors is not None:
         user_vecs, item_vecs = factors
-        results["als"] = metrics(factor_topk(torch.as_tensor(user_vecs[users]), torch.as_tensor(item_vecs), own_items, k=max(KS)))
+        measure("als", factor_topk(torch.as_tensor(user_vecs[users]), torch.as_tensor(item_vecs), own_items, k=max(KS)))
     results["_users"] = {"n_test_users": float(len(users))}
-    return results
+    return results, per_user
+
+
+def known_item_shares(fs: FeatureSet, loaded: LoadedModel, protocol: Protocol) -> dict[str, float]:
+    """How much of this run's items a model knows: the share of the catalogue, and the share of the holdout
+    users' recent events (the last max_len before the test window, what the model would read)."""
+    mapping = remap(fs.item_ids, loaded)
+    users, _ = fs.holdout(protocol.valid_end, protocol.test_end)
+    own_items, _, _ = fs.prefixes(protocol.valid_end, users)
+    recent = [np.asarray(i, dtype=np.int64)[-loaded.model.cfg.max_len:] for i in own_items]
+    recent = np.concatenate(recent) if recent else np.zeros(0, dtype=np.int64)
+    return {"known_catalogue_share": float((mapping[1:] > 0).mean()) if len(mapping) > 1 else 0.0,
+            "known_recent_share": float((mapping[recent] > 0).mean()) if len(recent) else 1.0}
 
 
 @torch.no_grad()

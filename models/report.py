@@ -22,18 +22,21 @@ class Evaluation:
     recommendation: dict[str, dict[str, float]]  # by model: "model", "popularity", "als", "champion", ...
     ltv: dict[str, dict[str, float]]  # by model: "ziln", "bgnbd_gamma_gamma", "champion", ...
     actual: np.ndarray  # actual spend of the LTV holdout's customers
-    ltv_values: dict[str, np.ndarray] = field(default_factory=dict)  # each LTV model's predictions, for the charts
+    ltv_values: dict[str, np.ndarray] = field(default_factory=dict)  # each LTV model's predictions
+    ndcg_per_user: dict[str, np.ndarray] = field(default_factory=dict)  # each ranking's NDCG@10 by holdout user
 
     @property
     def metrics(self) -> dict:
         return {"recommendation": self.recommendation, "ltv": self.ltv}
 
-    def add_champion(self, champion: dict) -> None:
-        """The champion's metrics (promotion.evaluate_champion) beside the challenger's."""
-        if champion.get("recommendation"):
-            self.recommendation["champion"] = champion["recommendation"]
-        if champion.get("ltv"):
-            self.ltv["champion"] = champion["ltv"]
+    def add_model(self, name: str, evaluated: "ModelEvaluation") -> None:
+        """Another model's results on the same holdout (evaluate_model), beside the challenger's."""
+        if evaluated.recommendation is not None:
+            self.recommendation[name] = evaluated.recommendation
+            self.ndcg_per_user[name] = evaluated.ndcg_per_user
+        if evaluated.ltv is not None:
+            self.ltv[name] = evaluated.ltv
+            self.ltv_values[name] = evaluated.ltv_values
 
     def flat_metrics(self) -> dict[str, float]:
         """MLflow metric names: test_<model>_<metric> and ltv_<model>_<metric>."""
@@ -47,22 +50,38 @@ class Evaluation:
             + [{"task": "ltv", "model": m, **v} for m, v in self.ltv.items()])
 
 
+@dataclass
+class ModelEvaluation:
+    """One more model (a champion) on the run's holdout: a head's metrics and per-user values, None where not
+    evaluated."""
+    recommendation: dict[str, float] | None = None
+    ndcg_per_user: np.ndarray | None = None
+    ltv: dict[str, float] | None = None
+    ltv_values: np.ndarray | None = None
+
+
 def evaluate_run(fs: FeatureSet, loaded: LoadedModel, protocol: Protocol,
                  factors: tuple[np.ndarray, np.ndarray] | None = None) -> Evaluation:
     """The challenger and every baseline on the run's holdout (recommendations: the protocol's test window; LTV:
     the `eval` cut-off)."""
-    recommendation = evaluate_recommendations(fs, loaded, protocol, factors=factors)
+    recommendation, ndcg = evaluate_recommendations(fs, loaded, protocol, factors=factors)
     actual, predictions = ltv_predictions(fs, loaded)
     ltv = {name: ltv_metrics(actual, value, activity) for name, (value, activity) in predictions.items()}
-    return Evaluation(recommendation, ltv, actual, {name: value for name, (value, _) in predictions.items()})
+    return Evaluation(recommendation, ltv, actual, {name: value for name, (value, _) in predictions.items()}, ndcg)
 
 
-def evaluate_model(fs: FeatureSet, loaded: LoadedModel, protocol: Protocol, actual: np.ndarray) -> dict:
-    """One more model (the champion) on the same holdout, without the baselines: {"recommendation", "ltv"}."""
-    recommendation = evaluate_recommendations(fs, loaded, protocol, baselines=False).get("model")
-    _, p_active, expected_value = predict_ltv(fs, loaded, "eval")
-    return {"recommendation": recommendation,
-            "ltv": ltv_metrics(actual, expected_value, p_active) if len(actual) else None}
+def evaluate_model(fs: FeatureSet, loaded: LoadedModel, protocol: Protocol, actual: np.ndarray,
+                   heads: tuple[str, ...] = ("recommendation", "ltv")) -> ModelEvaluation:
+    """One more model on the same holdout as the challenger, without the baselines, for the given heads."""
+    found = ModelEvaluation()
+    if "recommendation" in heads:
+        metrics, ndcg = evaluate_recommendations(fs, loaded, protocol, baselines=False)
+        if "model" in metrics:
+            found.recommendation, found.ndcg_per_user = metrics["model"], ndcg["model"]
+    if "ltv" in heads and len(actual):
+        _, p_active, expected_value = predict_ltv(fs, loaded, "eval")
+        found.ltv, found.ltv_values = ltv_metrics(actual, expected_value, p_active), expected_value
+    return found
 
 
 def write_report(evaluation: Evaluation, out_dir: Path) -> None:

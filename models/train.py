@@ -167,7 +167,8 @@ class Checkpointer:
     def __init__(self, out_dir: Path, cfg: TrainConfig, fs: FeatureSet, scaler: FeatureScaler):
         self.out_dir = out_dir
         self.fixed = {"train_config": asdict(cfg), "item_ids": fs.item_ids.tolist(),
-                      "item_price": fs.item_price.tolist(), "scaler": scaler.to_dict()}
+                      "item_price": fs.item_price.tolist(), "scaler": scaler.to_dict(),
+                      "horizon_days": fs.split["horizon_days"]}
 
     def path(self, name: str) -> Path:
         return self.out_dir / f"{name}.pt"

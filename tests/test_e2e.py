@@ -120,16 +120,17 @@ def test_rerun_of_the_same_date_replaces_rows(home):
 
 def test_a_challenger_that_fails_the_model_gate_stays_registered_and_the_champion_scores(home):
     before = query(home, "select count(*), max(model_version) from serving.recommendations")
-    # would have to gain a full point of NDCG@10; scored by the Spark path (jobs/score.py) this time
-    strict = json.dumps(json.loads(CONF) | {"ndcg_tolerance": -1.0, "score_engine": "spark"})
+    # would have to gain a full point of NDCG@10 and of Gini; scored by the Spark path (jobs/score.py) this time
+    strict = json.dumps(json.loads(CONF) | {"ndcg_tolerance": -1.0, "gini_tolerance": -1.0, "score_engine": "spark"})
     third = ltvrec(home, "run", "--synthetic-users", "250", "--epochs", "1", "--top-n", "5", "--conf", strict)
     assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
     assert "v3 REJECTED by the model gate; scored with @champion v2" in third.stdout
     summary = latest_summary(home)
     assert summary["registry"]["decision"] == "rejected" and summary["registry"]["champion"] == "2"
-    assert any("outside tolerance -1.0" in r for r in summary["registry"]["reasons"])
+    assert any("worse beyond tolerance -1.0" in r for r in summary["registry"]["reasons"])
     tags = version_tags(home, 3)
-    assert tags["promotion"] == "rejected" and tags["champion"] == "2" and "outside tolerance" in tags["promotion_reasons"]
+    assert tags["promotion"] == "rejected" and tags["champion"] == "2" and "worse beyond" in tags["promotion_reasons"]
+    assert tags["gain_ndcg_10"].endswith("vs champion v2") and "95% CI" in tags["gain_ndcg_10"]
     assert query(home, "select count(*), max(model_version) from serving.recommendations") == before  # still v2's
 
 
@@ -190,3 +191,38 @@ def test_mlflow_reads_well(home):
     assert info["name"] == f"synthetic-{run_date}"
     assert info["description"].startswith("synthetic run ") and "NDCG@10" in info["description"]
     assert info["tags"]["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_a_rekeyed_catalogue_publishes_on_its_second_day(tmp_path):
+    """Day 1 publishes; overnight the shop re-keys every item id (a catalogue migration: the same behaviour, new
+    ids). The champion knows none of the new items, so it is unfit: the challenger replaces it because it beats
+    popularity, and day 2 publishes."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from ltvrec import synthetic
+
+    home, shop = tmp_path / "home", tmp_path / "shop"
+    events, items = synthetic.write(shop, n_users=200, n_items=50, days=365, seed=5)
+    args = ["run", "--source", "events", "--path", str(events), "--items-path", str(items), "--epochs", "2",
+            "--top-n", "5", "--conf", CONF]
+    first = ltvrec(home, *args)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    for path in (events, items):
+        table = pq.read_table(path)
+        rekeyed = pc.binary_join_element_wise("sku-", table["item_id"], "-v2", "")
+        pq.write_table(table.set_column(table.schema.get_field_index("item_id"), "item_id", rekeyed), path)
+
+    second = ltvrec(home, *args)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    registry = latest_summary(home)["registry"]
+    assert registry["model_name"] == "ltvrec-events-shop-events"  # the shop's own registered model
+    assert registry["heads"]["recommendation"] == "promoted" and registry["champion"] == "2"
+    assert any("champion v1 is unfit for this run's data (it knows 0% of this run's catalogue" in r
+               for r in registry["reasons"]), registry["reasons"]
+    recs = query(home, "select count(*), count(distinct user_id), min(item_id), max(model_version) "
+                       "from serving.recommendations")
+    assert 0 < recs[0][0] <= 5 * recs[0][1] and recs[0][2].startswith("sku-") and recs[0][3] == "2"
+    ltv = query(home, "select distinct model_version, horizon_days from serving.ltv_estimates")
+    assert ltv == [(registry["ltv_champion"], 60)]
+

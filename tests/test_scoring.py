@@ -52,18 +52,19 @@ def write_features(folder: Path, n_users=40, n_items=30, seed=0) -> Path:
     return folder
 
 
-def checkpoint(fs: FeatureSet, path: Path, extra_items=(), seed=0, time_gaps=False) -> Path:
+def checkpoint(fs: FeatureSet, path: Path, extra_items=(), seed=0, time_gaps=False, ltv_user_dim=8,
+               horizon_days=None) -> Path:
     """A randomly initialised model over this catalogue (plus `extra_items` the run's catalogue lacks)."""
     torch.manual_seed(seed)
     item_ids = list(fs.item_ids) + list(extra_items)
     model = SeqRecModel(ModelConfig(n_items=len(item_ids) + 1, n_ltv_features=len(LTV_FEATURES),
-                                    n_event_types=len(fs.event_types) + 1, max_len=8, d_model=16, ltv_user_dim=8,
-                                    ltv_sigma_max=2.0, time_gaps=time_gaps))
+                                    n_event_types=len(fs.event_types) + 1, max_len=8, d_model=16,
+                                    ltv_user_dim=ltv_user_dim, ltv_sigma_max=2.0, time_gaps=time_gaps))
     with torch.no_grad():
         model.item_emb.weight.normal_(0, 1.0)  # spread the logits: no near-ties between the two paths
     torch.save({"model": model.state_dict(), "model_config": asdict(model.cfg), "item_ids": item_ids,
                 "item_price": [0.0] + [float(p) for p in fs.item_price[1:]] + [5.0] * len(extra_items),
-                "scaler": FeatureScaler.fit(fs.ltv, LTV_FEATURES).to_dict()}, path)
+                "scaler": FeatureScaler.fit(fs.ltv, LTV_FEATURES).to_dict(), "horizon_days": horizon_days}, path)
     return path
 
 
@@ -147,6 +148,24 @@ def test_ltv_rows_come_from_the_same_pass_for_customers_only(case):
     ref, p, ev = predict_ltv(fs, loaded, "score")  # the evaluation code's separate LTV pass
     np.testing.assert_allclose(ltv["p_active"], p, rtol=1e-4)
     np.testing.assert_allclose(ltv["expected_value"], ev, rtol=1e-4)
+
+
+def test_one_models_recommender_combines_with_anothers_ltv_head(case, tmp_path):
+    """The model gate may keep one version's LTV head while another's recommender is promoted: the scores then
+    come from a combined checkpoint, each head exactly as in its own model."""
+    from models.checkpoint import combine_heads
+
+    _, fs, _, _ = case
+    recommender = checkpoint(fs, tmp_path / "rec.pt", seed=1, ltv_user_dim=0, horizon_days=90)
+    ltv_head = checkpoint(fs, tmp_path / "ltv.pt", seed=2, ltv_user_dim=0, horizon_days=60)
+    combined = LoadedModel.from_file(combine_heads(recommender, ltv_head, tmp_path / "both.pt"))
+    assert combined.horizon_days == 60  # the published estimates are labelled with the LTV head's horizon
+    assert frame(score_recommendations(fs, combined, 5)).equals(
+        frame(score_recommendations(fs, LoadedModel.from_file(recommender), 5)))
+    np.testing.assert_allclose(frame(score_ltv(fs, combined))["expected_value"],
+                               frame(score_ltv(fs, LoadedModel.from_file(ltv_head)))["expected_value"], rtol=1e-6)
+    with pytest.raises(ValueError, match="reads the user vector"):  # such a head needs its own encoder
+        combine_heads(recommender, checkpoint(fs, tmp_path / "coupled.pt", ltv_user_dim=8), tmp_path / "x.pt")
 
 
 def test_batches_are_streamed_per_chunk(case):

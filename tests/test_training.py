@@ -68,9 +68,16 @@ def result(run_dir: Path) -> dict:
     return json.loads((run_dir / "train" / "result.json").read_text())
 
 
-def test_two_gloo_processes_match_one(features_run, tmp_path):
-    one, two = clone(features_run, tmp_path, "one"), clone(features_run, tmp_path, "two")
-    finish(train(one, 1))
+@pytest.fixture(scope="module")
+def trained(features_run, tmp_path_factory) -> Path:
+    """A model trained by one process for 3 epochs."""
+    run_dir = clone(features_run, tmp_path_factory.mktemp("trained"), "one")
+    finish(train(run_dir, 1))
+    return run_dir
+
+
+def test_two_gloo_processes_match_one(features_run, trained, tmp_path):
+    one, two = trained, clone(features_run, tmp_path, "two")
     finish(train(two, 2))
     r1, r2 = result(one), result(two)
     assert r1["world_size"] == 1 and r2["world_size"] == 2
@@ -138,8 +145,38 @@ def test_a_time_gap_model_trains_evaluates_and_scores(features_run, tmp_path):
     assert loaded.model.cfg.time_gaps and result(run_dir)["best_val_ndcg_10"] > 0, out[-2000:]
     fs = FeatureSet.load(run_dir / "features")
     protocol = Protocol.build(fs, TrainConfig.load(run_dir / "train" / "config.json").eval_protocol)
-    metrics = evaluate_recommendations(fs, loaded, protocol)
+    metrics, _ = evaluate_recommendations(fs, loaded, protocol)
     assert metrics["model"]["ndcg_10"] > 0
     frame, _, expected_value = predict_ltv(fs, loaded, "eval")
     assert len(frame) and np.isfinite(expected_value).all()
     assert score_recommendations(fs, loaded, 5).num_rows > 0
+
+
+def test_the_model_gate_rejects_a_champion_copy_with_shuffled_item_embeddings(trained, tmp_path):
+    """The same model with its item embeddings given to the wrong items: clearly worse on the same holdout, so the
+    paired interval of its NDCG@10 gain excludes zero and the gate rejects its recommender."""
+    import torch
+
+    from ltvrec.promotion import decide
+    from models.checkpoint import LoadedModel
+    from models.compare import compare_ndcg
+    from models.config import TrainConfig
+    from models.data import FeatureSet, Protocol
+    from models.report import evaluate_model, evaluate_run
+
+    ckpt = torch.load(trained / "train" / "final.pt", weights_only=False)
+    weights = ckpt["model"]["item_emb.weight"]
+    weights[1:] = weights[1:][torch.randperm(len(weights) - 1, generator=torch.Generator().manual_seed(0))]
+    torch.save(ckpt, tmp_path / "shuffled.pt")
+    fs = FeatureSet.load(trained / "features")
+    protocol = Protocol.build(fs, TrainConfig.load(trained / "train" / "config.json").eval_protocol)
+    report = evaluate_run(fs, LoadedModel.from_file(tmp_path / "shuffled.pt"), protocol)
+    report.add_model("champion", evaluate_model(fs, LoadedModel.from_file(trained / "train" / "final.pt"), protocol,
+                                                report.actual))
+    found = compare_ndcg(report.ndcg_per_user["model"], report.ndcg_per_user["champion"], "champion v1", 1000, 0.95, 0)
+    assert found.high < 0, found
+    champions = {h: {"version": "1", "unfit": [], "facts": {}} for h in ("recommendation", "ltv")}
+    decision = decide(report.metrics, champions, {"recommendation": [found]},
+                      {"ndcg_10": 0.005, "gini": 0.01, "decile_mape": 0.02})
+    assert not decision.heads["recommendation"]
+    assert "worse beyond tolerance 0.005" in decision.reasons[0] and "vs champion v1" in decision.reasons[0]
