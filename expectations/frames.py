@@ -35,16 +35,20 @@ def cleaned(wh, max_quarantine_share: float) -> tuple[dict[str, pd.DataFrame], d
 
 
 def features(features_dir: Path, eval_protocol: str) -> tuple[dict[str, pd.DataFrame], dict]:
-    """Sequences (with their smallest and largest item index), LTV features, and the training window of the
-    evaluation protocol: how many events lie before each user's validation window."""
-    from models.data import FeatureSet, Protocol
+    """Sequences (with their smallest and largest item index), LTV features, the training window of the
+    evaluation protocol (how many events lie before each user's validation window), and the LTV horizon's window
+    (the history's length in days, and the customers at the LTV training cut-off D - 2H)."""
+    from models.data import FeatureSet, Protocol, epoch
 
     fs = FeatureSet.load(Path(features_dir))
     seq = pd.DataFrame({"user_id": fs.users, "n_events": [len(items) for items in fs.items],
                         "min_item": [items.min() for items in fs.items], "max_item": [items.max() for items in fs.items]})
     window = pd.DataFrame({"events_before_validation": [int(Protocol.build(fs, eval_protocol).train_end.sum())]})
-    frames = {"sequences": seq, "ltv_features": fs.ltv, "training_window": window}
-    return frames, {"n_items": fs.n_items - 1}
+    first_event = min((int(ts[0]) for ts in fs.ts if len(ts)), default=epoch(fs.split["end"]))
+    ltv_window = pd.DataFrame({"history_days": [round((epoch(fs.split["end"]) - first_event) / 86400, 1)],
+                               "customers_at_training_cutoff": [int((fs.ltv["cutoff"] == "train").sum())]})
+    frames = {"sequences": seq, "ltv_features": fs.ltv, "training_window": window, "ltv_window": ltv_window}
+    return frames, {"n_items": fs.n_items - 1, "horizon_days": int(fs.split["horizon_days"])}
 
 
 def scores(recs: pd.DataFrame, ltv: pd.DataFrame, seen: pd.DataFrame, catalogue: pd.Series,

@@ -70,7 +70,7 @@ def features(params: dict) -> dict[str, list]:
             gxe.ExpectColumnValuesToBeBetween(column="max_item", max_value=params["n_items"]),
         ],
         "ltv_features": [
-            gxe.ExpectColumnValuesToMatchRegex(column="cutoff", regex=r"^(ref_)?(train(_[0-9]+)?|eval|score)$"),
+            gxe.ExpectColumnValuesToMatchRegex(column="cutoff", regex=r"^(?:ref_)?(?:train(?:_[0-9]+)?|eval|score)$"),
             gxe.ExpectColumnValuesToBeBetween(column="label_value", min_value=0),
             gxe.ExpectColumnValuesToBeInSet(column="label_active", value_set=[0, 1]),
             gxe.ExpectCompoundColumnsToBeUnique(column_list=["user_id", "cutoff"]),
@@ -82,6 +82,18 @@ def features(params: dict) -> dict[str, list]:
                 notes="No event lies before the validation window, so there is nothing to train on: the history is "
                       "shorter than the validation and test windows (2 x holdout_days) or all events share one "
                       "timestamp. Give more history or a smaller holdout_days."),
+        ],
+        # one row: the history's length in days, and the customers at the LTV training cut-off D - 2H
+        "ltv_window": [
+            gxe.ExpectColumnValuesToBeBetween(
+                column="history_days", min_value=2 * params["horizon_days"], strict_min=True,
+                notes=f"The history is too short for horizon_days={params['horizon_days']}: LTV labels need customers "
+                      "before the training cut-off D - 2H, so the events must span more than 2 x horizon_days days "
+                      "(the history's length in days is listed below). Choose horizon_days under half of it."),
+            gxe.ExpectColumnValuesToBeBetween(
+                column="customers_at_training_cutoff", min_value=1,
+                notes="No customer bought before the LTV training cut-off D - 2H, so no LTV label can be built. "
+                      "Choose a smaller horizon_days."),
         ],
     }
 

@@ -97,18 +97,6 @@ def build_btyd_summary(past: DataFrame, cutoff: datetime) -> DataFrame:
     )
 
 
-def check_horizon(first_event: datetime, end: datetime, horizon_days: int) -> None:
-    """LTV labels need customers before the training cut-off D-2H (their label window [D-2H, D-H) ends before
-    the evaluation window): a longer horizon than the history allows is an error, before anything is trained."""
-    if first_event < end - timedelta(days=2 * horizon_days):
-        return
-    days = (end - first_event).days
-    raise SystemExit(f"features: horizon_days={horizon_days} needs events before the LTV training cut-off "
-                     f"D - 2H = {(end - timedelta(days=2 * horizon_days)).date()}, but the clean events span only "
-                     f"{days} days ({first_event.date()} to {(end - timedelta(days=1)).date()}): choose "
-                     f"--horizon-days {max(1, (days - 1) // 2)} or less")
-
-
 def ltv_train_cutoffs(end: datetime, horizon_days: int, windows: int, first_event: datetime) -> dict[str, str]:
     """LTV training cut-offs D-2H, D-3H, ... (names train, train_1, ...): every label window ends by D-H, so
     nothing of the evaluation window leaks; earlier windows add seasons (a year back holds the same season as
@@ -204,7 +192,6 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("features: no clean events to build features from")
     as_of = datetime.fromisoformat(args.as_of) if args.as_of else datetime(last.year, last.month, last.day)
     end = as_of + timedelta(days=1)
-    check_horizon(first, end, args.horizon_days)
     cutoffs = {**ltv_train_cutoffs(end, args.horizon_days, args.ltv_train_windows, first),
                "eval": (end - timedelta(days=args.horizon_days)).isoformat(), "score": end.isoformat()}
     split = {

@@ -79,17 +79,3 @@ def test_ltv_training_windows_end_before_the_evaluation_window():
     assert list(ltv_train_cutoffs(end, h, 4, first_event=end - timedelta(days=300))) == ["train", "train_1"]
     assert list(ltv_train_cutoffs(end, h, 4, first_event=end - timedelta(days=100))) == ["train"]
 
-
-def test_a_horizon_longer_than_the_history_allows_is_an_error_naming_its_length():
-    from datetime import datetime
-
-    from jobs.features import check_horizon
-
-    first, end = datetime(2025, 1, 1), datetime(2025, 12, 31)  # 364 days of events
-    check_horizon(first, end, 181)  # customers before D - 2H: labels can be built
-    with pytest.raises(SystemExit, match=r"horizon_days=5000 needs events before the LTV training cut-off "
-                                         r"D - 2H = 1998-08-15, but the clean events span only 364 days "
-                                         r"\(2025-01-01 to 2025-12-30\): choose --horizon-days 181 or less"):
-        check_horizon(first, end, 5000)
-    with pytest.raises(SystemExit, match="choose --horizon-days 181 or less"):
-        check_horizon(first, end, 182)

@@ -154,6 +154,25 @@ def test_the_raw_gate_stage_compares_with_the_last_published_run(tmp_path):
         stages.gate_raw(str(run_dir))
 
 
+def features_frames(history_days: float, customers_at_training_cutoff: int) -> dict[str, pd.DataFrame]:
+    seq = pd.DataFrame({"user_id": ["u1", "u2"], "n_events": [3, 2], "min_item": [1, 2], "max_item": [3, 3]})
+    ltv = pd.DataFrame({"user_id": ["u1", "u1"], "cutoff": ["train", "eval"], "label_value": [5.0, 0.0],
+                        "label_active": [1, 0]})
+    return {"sequences": seq, "ltv_features": ltv, "training_window": pd.DataFrame({"events_before_validation": [4]}),
+            "ltv_window": pd.DataFrame({"history_days": [history_days],
+                                        "customers_at_training_cutoff": [customers_at_training_cutoff]})}
+
+
+def test_a_horizon_longer_than_half_the_history_stops_at_the_features_gate_naming_its_length(tmp_path):
+    """Before any training: no LTV label can be built when no customer bought before D - 2H."""
+    run_gate("features", features_frames(364.0, 120), {"n_items": 3, "horizon_days": 181}, tmp_path / "ok")
+    with pytest.raises(GateFailed) as failed:
+        run_gate("features", features_frames(364.0, 0), {"n_items": 3, "horizon_days": 5000}, tmp_path / "long")
+    message = str(failed.value)
+    assert "The history is too short for horizon_days=5000" in message and "[364.0]" in message
+    assert "No customer bought before the LTV training cut-off" in message
+
+
 @pytest.mark.slow
 def test_events_that_all_share_one_timestamp_stop_at_the_features_gate_with_a_sentence(tmp_path, monkeypatch):
     """Nothing lies before the validation window, so nothing can be trained: the features gate says so, instead of
@@ -169,6 +188,7 @@ def test_events_that_all_share_one_timestamp_stop_at_the_features_gate_with_a_se
     run_dir = stages.prepare({"source": "events", "path": str(events), "item_text": False}, "one_timestamp")
     for name in ("ingest", "dbt_build", "features"):
         getattr(stages, name)(run_dir)
-    with pytest.raises(GateFailed, match="No event lies before the validation window, so there is nothing to train on"):
+    with pytest.raises(GateFailed, match="No event lies before the validation window, so there is nothing to train on") as failed:
         stages.gate_features(run_dir)
+    assert "The history is too short for horizon_days=90" in str(failed.value)
     assert RunDir(Path(run_dir)).stage("gate_features")["state"] == "failed"

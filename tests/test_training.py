@@ -152,9 +152,9 @@ def test_a_time_gap_model_trains_evaluates_and_scores(features_run, tmp_path):
     assert score_recommendations(fs, loaded, 5).num_rows > 0
 
 
-def test_the_model_gate_rejects_a_champion_copy_with_shuffled_item_embeddings(trained, tmp_path):
-    """The same model with its item embeddings given to the wrong items: clearly worse on the same holdout, so the
-    paired interval of its NDCG@10 gain excludes zero and the gate rejects its recommender."""
+def test_the_model_gate_rejects_a_champion_copy_with_shuffled_items(trained, tmp_path):
+    """The same model with each item's embedding and text given to another item: clearly worse on the same
+    holdout, so the paired interval of its NDCG@10 gain excludes zero and the gate rejects its recommender."""
     import torch
 
     from ltvrec.promotion import decide
@@ -165,8 +165,10 @@ def test_the_model_gate_rejects_a_champion_copy_with_shuffled_item_embeddings(tr
     from models.report import evaluate_model, evaluate_run
 
     ckpt = torch.load(trained / "train" / "final.pt", weights_only=False)
-    weights = ckpt["model"]["item_emb.weight"]
-    weights[1:] = weights[1:][torch.randperm(len(weights) - 1, generator=torch.Generator().manual_seed(0))]
+    shuffle = torch.randperm(len(ckpt["item_ids"]), generator=torch.Generator().manual_seed(0)) + 1
+    for name in ("item_emb.weight", "item_text"):  # row 0 is padding; no item_text without item text
+        if name in ckpt["model"]:
+            ckpt["model"][name][1:] = ckpt["model"][name][shuffle]
     torch.save(ckpt, tmp_path / "shuffled.pt")
     fs = FeatureSet.load(trained / "features")
     protocol = Protocol.build(fs, TrainConfig.load(trained / "train" / "config.json").eval_protocol)
