@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PIP_QUIET := { grep -v 'is ignored: it is neither a file nor a directory' || true; }
 
-.PHONY: venv demo test mlflow-ui airflow-ui compose-check online-retail clean
+.PHONY: venv demo test stack stack-down mlflow-ui airflow-ui compose-check online-retail clean
 
 venv: $(STAMP)
 
@@ -22,6 +22,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+stack: $(STAMP)
+	$(VENV)/bin/ltvrec stack up
+
+stack-down: $(STAMP)
+	$(VENV)/bin/ltvrec stack down
 
 online-retail: $(STAMP)
 	$(VENV)/bin/ltvrec run --source online_retail --path ../shared/data/online_retail_II.parquet

@@ -23,6 +23,8 @@ from airflow.sdk import Asset, dag, get_current_context, task
 
 from ltvrec.config import DAG_ID, dag_params
 
+# Executors that route by queue (the stack's Edge workers, Celery) send training to workers of this queue only
+GPU_QUEUE = os.environ.get("LTVREC_GPU_QUEUE", "gpu")
 RECOMMENDATIONS = Asset("ltvrec://serving/recommendations")
 LTV_ESTIMATES = Asset("ltvrec://serving/ltv_estimates")
 
@@ -71,7 +73,7 @@ def ltvrec_batch():
         run_dir = stage_task(name)(run_dir)
     als = stage_task("als_baseline")(run_dir)  # independent of training: may run beside it
     run_dir = stage_task("ltv_prior")(run_dir)
-    run_dir = stage_task("train")(run_dir)
+    run_dir = stage_task("train", queue=GPU_QUEUE)(run_dir)
     run_dir = stage_task("evaluate")(run_dir)
     als >> run_dir
     for name in ["register", "score", "gate_scores"]:

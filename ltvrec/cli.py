@@ -61,8 +61,9 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def execute(params: dict, verbose: bool) -> None:
-    """Check the params and the input, then run the DAG in-process and follow it (ltvrec/console.py)."""
+def execute(params: dict, verbose: bool, on_stack: bool = False) -> None:
+    """Check the params and the input, then run the DAG in-process and follow it (ltvrec/console.py), or trigger it
+    on the running stack and follow it there (ltvrec/on_stack.py)."""
     from ltvrec import console, sources
 
     try:
@@ -70,6 +71,14 @@ def execute(params: dict, verbose: bool) -> None:
         sources.check_input(cfg.source, cfg.path, cfg.items_path)  # before Airflow's start-up, not after it
     except ValueError as exc:  # InputError is a ValueError: one plain message naming file, row or column
         fail(str(exc))
+    if on_stack:
+        from ltvrec import on_stack as stack_run
+
+        try:
+            code = stack_run.execute(params)
+        except (RuntimeError, OSError) as exc:
+            fail(str(exc), 1)
+        raise typer.Exit(code)
     env = airflow_env()
     if verbose:
         env["LTVREC_STREAM_LOGS"] = "1"
@@ -78,8 +87,8 @@ def execute(params: dict, verbose: bool) -> None:
 
 
 def run(**options) -> None:
-    """Run the ltvrec_batch DAG in-process (`airflow dags test`) on a data source."""
-    conf, verbose = options.pop("conf"), options.pop("verbose")
+    """Run the ltvrec_batch DAG in-process (`airflow dags test`) on a data source, or on the stack (`--on-stack`)."""
+    conf, verbose, on_stack = options.pop("conf"), options.pop("verbose"), options.pop("on_stack")
     params = {k: v for k, v in options.items() if v is not None}
     for key in PATH_KNOBS:
         if key in params:
@@ -88,7 +97,7 @@ def run(**options) -> None:
         params |= json.loads(conf) if conf else {}
     except json.JSONDecodeError as exc:
         fail(f"--conf is not valid JSON ({exc})")
-    execute(params, verbose)
+    execute(params, verbose, on_stack)
 
 
 def _knob_option(f: dataclasses.Field) -> inspect.Parameter:
@@ -108,6 +117,9 @@ run.__signature__ = inspect.Signature([_knob_option(f) for f in knobs()] + [
         None, help="more params as JSON, e.g. '{\"holdout_days\": 7}'")),
     inspect.Parameter("verbose", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=typer.Option(
         False, "--verbose", "-v", help="stream every log (Airflow, dbt, Spark, torchrun) to the terminal")),
+    inspect.Parameter("on_stack", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=typer.Option(
+        False, "--on-stack", help="trigger the DAG on the running stack (`ltvrec stack up`) through Airflow's REST "
+                                  "API and follow it, instead of running it in-process")),
 ])
 app.command()(run)
 
@@ -187,6 +199,45 @@ def ui(which: str = typer.Argument(..., help="mlflow or airflow"), port: Optiona
 def airflow(ctx: typer.Context) -> None:
     """Any `airflow` command with ltvrec's embedded environment, e.g. `ltvrec airflow dags list`."""
     raise typer.Exit(_airflow(list(ctx.args), airflow_env()))
+
+
+stack_app = typer.Typer(help="The production topology as local processes (docs/production.md).", no_args_is_help=True)
+app.add_typer(stack_app, name="stack")
+
+
+@stack_app.command("up")
+def stack_up() -> None:
+    """Start PostgreSQL, the MLflow server, a Spark cluster and Airflow with a worker per queue; wait until healthy."""
+    from ltvrec.stack import Stack
+
+    try:
+        Stack().up(typer.echo)
+    except RuntimeError as exc:
+        fail(str(exc), 1)
+
+
+@stack_app.command("status")
+def stack_status() -> None:
+    """Each service's pid, health, URL and log."""
+    from ltvrec.stack import Stack
+
+    rows = Stack().status()
+    if not rows:
+        fail(f"no stack in {Stack().root}: start one with `ltvrec stack up`", 1)
+    for row in rows:
+        state = "healthy" if row["healthy"] else "running, not healthy" if row["running"] else "stopped"
+        typer.echo(f"  {row['service']:<24} {state:<22} pid {row['pid'] or '-':<8} {row['url']}\n"
+                   f"  {'':<24} log {row['log']}")
+    if not all(row["healthy"] for row in rows):
+        raise typer.Exit(1)
+
+
+@stack_app.command("down")
+def stack_down() -> None:
+    """Stop exactly the processes `up` started; the data stays for the next `up`."""
+    from ltvrec.stack import Stack
+
+    Stack().down(typer.echo)
 
 
 if __name__ == "__main__":

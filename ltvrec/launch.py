@@ -41,6 +41,18 @@ def run_logged(cmd: list[str], log_file: Path, env: dict[str, str] | None = None
         raise RuntimeError(f"{Path(cmd[0]).name} exited with {code}; the last lines of {log_file}:\n" + "\n".join(tail))
 
 
+def processes_per_node(configured: int) -> int:
+    """torchrun's processes on this worker: LTVREC_TORCHRUN_NPROC when the worker sets it, else one per GPU it finds
+    (unless LTVREC_TRAIN_DEVICE=cpu), else the run's `nproc` (gloo processes on CPU)."""
+    if os.environ.get("LTVREC_TORCHRUN_NPROC"):
+        return int(os.environ["LTVREC_TORCHRUN_NPROC"])
+    if os.environ.get("LTVREC_TRAIN_DEVICE", "auto") == "cpu":
+        return configured
+    import torch
+
+    return torch.cuda.device_count() or configured
+
+
 def torchrun(config_file: Path, nproc: int, log_file: Path) -> None:
     """Train with `nproc` processes on this machine (DDP: gloo on CPU, NCCL on GPUs)."""
     cmd = [tool("torchrun"), "--standalone", f"--nproc-per-node={nproc}", "-m", "models.train",

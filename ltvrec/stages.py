@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import os
 import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -206,8 +205,7 @@ def train(run: RunDir) -> dict:
     train_config(cfg, run.features, run.train, mlflow_run_id=run.mlflow_run_id, init_from=init and str(init),
                  text_cache=str(ltvrec_home() / "cache" / "item_text_minilm.parquet"),
                  progress_file=str(run.progress_file("train"))).save(config_file)
-    nproc = int(os.environ.get("LTVREC_TORCHRUN_NPROC", cfg.nproc))  # a worker's own setting wins (GPUs per host)
-    launch.torchrun(config_file, nproc, run.log_file("train"))
+    launch.torchrun(config_file, launch.processes_per_node(cfg.nproc), run.log_file("train"))
     return run.train_result()
 
 
