@@ -201,6 +201,31 @@ def airflow(ctx: typer.Context) -> None:
     raise typer.Exit(_airflow(list(ctx.args), airflow_env()))
 
 
+@app.command("train-node")
+def train_node(run_dir: Path = typer.Option(..., help="the run folder, on a volume shared with node 0"),
+               wait_s: float = typer.Option(600, help="how long to wait for node 0 to write train/config.json")) -> None:
+    """Join a multi-node training (run params nnodes > 1, rdzv_endpoint) as one more torchrun agent, on a GPU host."""
+    import time
+
+    from ltvrec import launch
+    from ltvrec.rundir import RunDir
+
+    run = RunDir(run_dir.resolve())
+    cfg = run.config()
+    if cfg.nnodes < 2:
+        fail(f"run {run.name} trains on one node (nnodes {cfg.nnodes}): nothing to join")
+    config_file, deadline = run.train / "config.json", time.time() + wait_s
+    while not config_file.exists():
+        if time.time() > deadline:
+            fail(f"{config_file} did not appear within {wait_s:.0f}s: is the run's train task running?", 1)
+        time.sleep(2)
+    try:
+        launch.torchrun(config_file, launch.processes_per_node(cfg.nproc),
+                        run.log_file(f"train-node-{os.uname().nodename}"), cfg.nnodes, cfg.rdzv_endpoint, run.name)
+    except RuntimeError as exc:
+        fail(str(exc), 1)
+
+
 stack_app = typer.Typer(help="The production topology as local processes (docs/production.md).", no_args_is_help=True)
 app.add_typer(stack_app, name="stack")
 

@@ -112,6 +112,9 @@ class RunConfig:
     weight_decay: float = knob(0.01, "AdamW weight decay", "training", minimum=0)
     batch_size: int = knob(128, "global batch size (split over the processes)", "training", minimum=1)
     nproc: int = knob(2, "torchrun processes", "training", minimum=1)
+    nnodes: int = knob(1, "machines training together, one torchrun agent each (the train task is node 0; "
+                          "`ltvrec train-node` joins the others)", "training", minimum=1)
+    rdzv_endpoint: str | None = knob(None, "host:port of the c10d rendezvous on node 0 (nnodes > 1)", "training")
     warm_start: bool = knob(False, "initialise from the current @champion (continual training)", "training")
     # ltv
     ltv_weight: float = knob(1.0, "weight of the LTV loss beside the next-item loss", "ltv", minimum=0)
@@ -150,6 +153,8 @@ class RunConfig:
             check_value(f, getattr(self, f.name))
         if self.source != "synthetic" and not self.path:
             raise ValueError(f"source {self.source!r} needs a path (--path)")
+        if self.nnodes > 1 and not self.rdzv_endpoint:
+            raise ValueError(f"nnodes {self.nnodes} needs rdzv_endpoint (host:port on the first node)")
 
     @classmethod
     def from_dict(cls, values: dict) -> "RunConfig":

@@ -53,10 +53,17 @@ def processes_per_node(configured: int) -> int:
     return torch.cuda.device_count() or configured
 
 
-def torchrun(config_file: Path, nproc: int, log_file: Path) -> None:
-    """Train with `nproc` processes on this machine (DDP: gloo on CPU, NCCL on GPUs)."""
-    cmd = [tool("torchrun"), "--standalone", f"--nproc-per-node={nproc}", "-m", "models.train",
-           "--config", str(config_file)]
+def torchrun(config_file: Path, nproc: int, log_file: Path, nnodes: int = 1, rdzv_endpoint: str | None = None,
+             rdzv_id: str = "ltvrec") -> None:
+    """Train with `nproc` processes on this machine (DDP: gloo on CPU, NCCL on GPUs). With `nnodes` > 1 this is one
+    of the agents that meet at the c10d rendezvous `rdzv_endpoint` (hosted by the agent on that host) under
+    `rdzv_id`; the agents agree on the ranks, rank 0 writes the checkpoints and logs."""
+    if nnodes > 1:
+        placement = [f"--nnodes={nnodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={rdzv_endpoint}",
+                     f"--rdzv-id={rdzv_id}"]
+    else:
+        placement = ["--standalone"]
+    cmd = [tool("torchrun"), *placement, f"--nproc-per-node={nproc}", "-m", "models.train", "--config", str(config_file)]
     threads = max(1, (os.cpu_count() or 1) // nproc)
     run_logged(cmd, log_file, {"MLFLOW_TRACKING_URI": mlflow_tracking_uri(), "OMP_NUM_THREADS": str(threads)})
 

@@ -158,7 +158,9 @@ class Stack:
             Service("mlflow", [tool("mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port("mlflow")),
                                "--backend-store-uri", self.pg_uri("mlflow"), "--serve-artifacts",
                                "--artifacts-destination", str(self.root / "mlflow-artifacts"), "--workers", "1"],
-                    lambda: http_ok(f"{self.mlflow_url}/health"), self.mlflow_url),
+                    lambda: http_ok(f"{self.mlflow_url}/health"), self.mlflow_url,
+                    # its GenAI job runners (a pool of huey processes) serve nothing ltvrec does
+                    {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}),
             Service("spark-master", [spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
                                      "--port", str(self.port("spark")), "--webui-port", str(self.port("spark_ui"))],
                     lambda: self.spark_status().get("status") == "ALIVE", f"{self.spark_master} (UI {self.spark_ui})",

@@ -205,7 +205,8 @@ def train(run: RunDir) -> dict:
     train_config(cfg, run.features, run.train, mlflow_run_id=run.mlflow_run_id, init_from=init and str(init),
                  text_cache=str(ltvrec_home() / "cache" / "item_text_minilm.parquet"),
                  progress_file=str(run.progress_file("train"))).save(config_file)
-    launch.torchrun(config_file, launch.processes_per_node(cfg.nproc), run.log_file("train"))
+    launch.torchrun(config_file, launch.processes_per_node(cfg.nproc), run.log_file("train"), cfg.nnodes,
+                    cfg.rdzv_endpoint, rdzv_id=run.name)
     return run.train_result()
 
 

@@ -309,8 +309,11 @@ class Trainer:
             totals += [losses["rec_loss"].item(), losses["ltv_loss"].item()]
             self.progress.update(batch=number, sequences_per_s=seen / (time.time() - started))
         seconds, n_batches = time.time() - started, max(1, len(loader))
-        return {"rec_loss": totals[0] / n_batches, "ltv_loss": totals[1] / n_batches, "epoch_seconds": seconds,
-                "sequences_per_s": seen / seconds}
+        metrics = {"rec_loss": totals[0] / n_batches, "ltv_loss": totals[1] / n_batches, "epoch_seconds": seconds,
+                   "sequences_per_s": seen / seconds}
+        if self.rt.device.type == "cuda":
+            metrics["peak_gpu_mb"] = torch.cuda.max_memory_allocated(self.rt.device) / 2**20
+        return metrics
 
     def step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """One optimizer step on a batch; returns the two losses."""

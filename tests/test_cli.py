@@ -41,3 +41,23 @@ def test_a_spreadsheet(no_airflow, tmp_path):
 
 def test_a_source_without_a_path(no_airflow):
     assert "needs a path" in refused("--source", "online_retail")
+
+
+def test_train_node_refuses_a_one_node_run_and_waits_only_so_long(tmp_path):
+    from ltvrec.config import RunConfig
+    from ltvrec.rundir import RunDir
+
+    one = RunDir(tmp_path / "one")
+    one.save_config(RunConfig())
+    result = CliRunner().invoke(cli.app, ["train-node", "--run-dir", str(one.path)])
+    assert result.exit_code == 2 and "trains on one node (nnodes 1)" in result.output
+    two = RunDir(tmp_path / "two")
+    two.save_config(RunConfig(nnodes=2, rdzv_endpoint="127.0.0.1:29400"))
+    result = CliRunner().invoke(cli.app, ["train-node", "--run-dir", str(two.path), "--wait-s", "0"])
+    assert result.exit_code == 1 and "train/config.json did not appear within 0s" in result.output
+
+
+def test_on_stack_without_a_stack_says_how_to_start_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("LTVREC_HOME", str(tmp_path))
+    result = CliRunner().invoke(cli.app, ["run", "--on-stack", "--synthetic-users", "50"])
+    assert result.exit_code == 1 and "ltvrec stack up" in result.output and "Traceback" not in result.output

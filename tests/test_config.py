@@ -104,10 +104,20 @@ def test_the_cli_passes_only_what_was_given(monkeypatch):
     from ltvrec import cli
 
     seen = {}
-    monkeypatch.setattr(cli, "execute", lambda params, verbose: seen.update(params=params, verbose=verbose))
+    monkeypatch.setattr(cli, "execute", lambda params, verbose, on_stack: seen.update(params=params, verbose=verbose,
+                                                                                      on_stack=on_stack))
     result = CliRunner().invoke(cli.app, ["run", "--top-n", "5", "--no-item-text", "--conf", '{"holdout_days": 7}'])
     assert result.exit_code == 0, result.output
-    assert seen == {"params": {"top_n": 5, "item_text": False, "holdout_days": 7}, "verbose": False}
+    assert seen == {"params": {"top_n": 5, "item_text": False, "holdout_days": 7}, "verbose": False, "on_stack": False}
+    CliRunner().invoke(cli.app, ["run", "--on-stack", "--nnodes", "2", "--rdzv-endpoint", "gpu-0:29400"])
+    assert seen["on_stack"] and seen["params"] == {"nnodes": 2, "rdzv_endpoint": "gpu-0:29400"}
+
+
+def test_more_than_one_node_needs_a_rendezvous():
+    from ltvrec.config import RunConfig
+
+    with pytest.raises(ValueError, match="nnodes 2 needs rdzv_endpoint"):
+        RunConfig.from_dict({"nnodes": 2})
 
 
 def test_bad_params_are_one_plain_message_before_airflow(monkeypatch):

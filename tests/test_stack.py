@@ -6,8 +6,10 @@ themselves: Postgres, the MLflow server's REST API, Airflow's REST API, the Spar
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from urllib.parse import quote
 
@@ -37,8 +39,10 @@ def stack_processes(home: Path) -> list[psutil.Process]:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    home = tmp_path_factory.mktemp("stack_home")
+def stack():
+    # not under pytest's basetemp: another pytest session may tighten its mode to 700 meanwhile, and PostgreSQL runs
+    # as its own user when the tests run as root
+    home = Path(tempfile.mkdtemp(prefix="ltvrec-stack-test-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLFLOW", "LTVREC_"))}
     env |= {"LTVREC_HOME": str(home), "LTVREC_TASK_RETRIES": "0", "LTVREC_SPARK_WORKER_MEMORY": "2g"}
     up = ltvrec(env, "stack", "up", timeout=420)
@@ -50,6 +54,7 @@ def stack(tmp_path_factory):
         assert down.returncode == 0, down.stdout + down.stderr
         left = [p for p in stack_processes(home) if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
         assert not left, [" ".join(p.cmdline()[:4]) for p in left]
+        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -86,6 +86,25 @@ def test_two_gloo_processes_match_one(features_run, trained, tmp_path):
     assert r1["best_val_ndcg_10"] > 0
 
 
+def test_two_torchrun_agents_joined_by_a_c10d_rendezvous_match_one_process(features_run, trained, tmp_path):
+    """Multi-node training, here as two agents on localhost (one gloo process each) meeting at a c10d rendezvous."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ltvrec import launch
+    from ltvrec.stack import free_port
+
+    run_dir = clone(features_run, tmp_path, "two_nodes", tracked=False)
+    endpoint = f"127.0.0.1:{free_port()}"
+    with ThreadPoolExecutor(2) as pool:
+        agents = [pool.submit(launch.torchrun, run_dir / "train" / "config.json", 1,
+                              run_dir / "logs" / f"train-node-{node}.log", 2, endpoint, "two-nodes") for node in (0, 1)]
+        for agent in agents:
+            agent.result(timeout=900)
+    r1, r2 = result(trained), result(run_dir)
+    assert r2["world_size"] == 2 and r2["epochs_run"] == r1["epochs_run"] == 3
+    assert r2["best_val_ndcg_10"] == pytest.approx(r1["best_val_ndcg_10"], abs=0.05)
+
+
 def test_a_killed_run_resumes_from_its_last_checkpoint(features_run, tmp_path):
     run_dir = clone(features_run, tmp_path, "resume", epochs=4)
     proc = train(run_dir, 2, start_new_session=True)
