@@ -29,10 +29,8 @@ def main(argv: list[str] | None = None) -> None:
     spark = SparkSession.builder.appName("ltvrec-als").getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     data = spark.read.parquet(args.interactions)
-    blocks = spark.sparkContext.defaultParallelism  # one block per core: MLlib's fixed 10 makes tiny tasks on small clusters
     als = ALS(userCol="user_pos", itemCol="item_idx", ratingCol="weight", implicitPrefs=True, rank=args.rank,
-              regParam=args.reg, alpha=args.alpha, maxIter=args.iters, seed=args.seed, coldStartStrategy="drop",
-              numUserBlocks=blocks, numItemBlocks=blocks)
+              regParam=args.reg, alpha=args.alpha, maxIter=args.iters, seed=args.seed, coldStartStrategy="drop")
     model = als.fit(data)
     model.userFactors.write.mode("overwrite").parquet(f"{args.out}/user_factors")
     model.itemFactors.write.mode("overwrite").parquet(f"{args.out}/item_factors")
