@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -35,32 +34,18 @@ import torch  # noqa: E402
 
 from movielens import write_ml1m_shaped  # noqa: E402
 from scoring import chunks, random_model  # noqa: E402
+from train_speed import epoch_lines, features_run, train_config_file  # noqa: E402
 
 
 def build_features(home: Path, users: int, items: int, max_len: int) -> Path:
     """ML-1M-shaped ratings through ingest -> dbt -> Spark features, in a temporary LTVREC_HOME."""
-    os.environ["LTVREC_HOME"] = str(home)
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{home}/mlflow.db"
-    from ltvrec import stages
-
     data = write_ml1m_shaped(home / "ml-1m-shaped", n_users=users, n_items=items)
-    saved = os.dup(1)
-    os.dup2(2, 1)  # dbt's and Spark's output to stderr: stdout carries only the JSON
-    try:
-        run_dir = Path(stages.prepare({"source": "movielens", "path": str(data), "eval_protocol": "leave_one_out",
-                                       "item_text": False, "max_seq_len": max_len}, "bench_gpu"))
-        for name in ("ingest", "dbt_build", "features"):
-            getattr(stages, name)(str(run_dir))
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
-    return run_dir
+    return features_run(home, {"source": "movielens", "path": str(data), "eval_protocol": "leave_one_out",
+                               "item_text": False, "max_seq_len": max_len}, "bench_gpu")
 
 
 def train(run_dir: Path, device: str, epochs: int, nproc: int) -> dict:
     """torchrun the trainer for exactly `epochs` epochs on `device` with `nproc` processes; figures from its log."""
-    from train_speed import train_config_file
-
     config = train_config_file(run_dir, epochs=epochs, patience=epochs + 1, refit_epochs=0, max_train_minutes=1e6)
     env = {**os.environ, "LTVREC_TRAIN_DEVICE": device, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // nproc))}
     started = time.time()
@@ -69,8 +54,7 @@ def train(run_dir: Path, device: str, epochs: int, nproc: int) -> dict:
                           env=env)
     if proc.returncode != 0:
         raise SystemExit(f"training failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    lines = [dict(re.findall(r"(\w+)=([-\d.e+]+)", line)) for line in proc.stdout.splitlines()
-             if re.match(r"epoch \d+/\d+: ", line)]
+    lines = epoch_lines(proc.stdout)
     result = json.loads((run_dir / "train" / "result.json").read_text())
     return {"processes": nproc, "device": result.get("device"), "world_size": result.get("world_size"),
             "backend": "nccl" if device == "cuda" else "gloo", "bf16_autocast": device == "cuda",

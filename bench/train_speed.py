@@ -32,6 +32,12 @@ EVENTS_PER_USER = 40.4  # clean events per synthetic user after dbt (measured; t
 
 
 def build_features(home: Path, users: int, items: int, seed: int) -> Path:
+    return features_run(home, {"synthetic_users": users, "synthetic_items": items, "seed": seed,
+                               "eval_protocol": "leave_one_out", "item_text": False}, f"speed_{users}")
+
+
+def features_run(home: Path, params: dict, name: str) -> Path:
+    """A run folder with `params`, through the real ingest -> dbt -> Spark features stages in LTVREC_HOME `home`."""
     os.environ["LTVREC_HOME"] = str(home)
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{home}/mlflow.db"
     from ltvrec import stages
@@ -39,18 +45,19 @@ def build_features(home: Path, users: int, items: int, seed: int) -> Path:
     saved = os.dup(1)
     os.dup2(2, 1)  # the stages' tool output (dbt, Spark) goes to stderr: stdout carries only the JSON
     try:
-        return _build_features(stages, users, items, seed)
+        run_dir = Path(stages.prepare(params, name))
+        for stage in ("ingest", "dbt_build", "features"):
+            getattr(stages, stage)(str(run_dir))
+        return run_dir
     finally:
         os.dup2(saved, 1)
         os.close(saved)
 
 
-def _build_features(stages, users: int, items: int, seed: int) -> Path:
-    run_dir = Path(stages.prepare({"synthetic_users": users, "synthetic_items": items, "seed": seed,
-                                   "eval_protocol": "leave_one_out", "item_text": False}, f"speed_{users}"))
-    for name in ("ingest", "dbt_build", "features"):
-        getattr(stages, name)(run_dir)
-    return run_dir
+def epoch_lines(stdout: str) -> list[dict[str, str]]:
+    """The trainer's printed `epoch i/n: key=value ...` lines, as dicts."""
+    return [dict(re.findall(r"(\w+)=([-\d.e+]+)", line)) for line in stdout.splitlines()
+            if re.match(r"epoch \d+/\d+: ", line)]
 
 
 def train_config_file(run_dir: Path, **overrides) -> Path:
@@ -80,8 +87,7 @@ def train(run_dir: Path, epochs: int, nproc: int) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"training failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     peak_kb = int(re.search(r"PEAK_RSS_KB=(\d+)", proc.stdout).group(1))
-    epochs_log = [dict(re.findall(r"(\w+)=([-\d.e+]+)", line)) for line in proc.stdout.splitlines()
-                  if re.match(r"epoch \d+/\d+: ", line)]
+    epochs_log = epoch_lines(proc.stdout)
     seconds = [float(e["epoch_seconds"]) for e in epochs_log]
     return {"wall_seconds": round(time.time() - started, 1), "seconds_per_epoch": [round(s, 1) for s in seconds],
             "sequences_per_s": [round(float(e["sequences_per_s"]), 1) for e in epochs_log],

@@ -66,17 +66,21 @@ class Stack:
         self.root = self.home / "stack"
         self.logs = self.root / "logs"
         self.settings_file, self.pids_file = self.root / "settings.json", self.root / "pids.json"
+        self._settings, self._airflow = None, None
 
     # --- settings and the environment every service and task shares -------------------------------------------
     def settings(self) -> dict:
-        if not self.settings_file.exists():
-            self.root.mkdir(parents=True, exist_ok=True)
-            fresh = {"ports": {name: free_port() for name in PORTS},
-                     "secrets": {k: secrets.token_urlsafe(48) for k in ("jwt", "api", "admin_password")},
-                     "external_postgres": os.environ.get("LTVREC_STACK_PG_DSN")}
-            self.settings_file.write_text(json.dumps(fresh, indent=2))
-            self.settings_file.chmod(0o600)
-        return json.loads(self.settings_file.read_text())
+        """Chosen at the first `up` and never changed after: read once per Stack."""
+        if self._settings is None:
+            if not self.settings_file.exists():
+                self.root.mkdir(parents=True, exist_ok=True)
+                fresh = {"ports": {name: free_port() for name in PORTS},
+                         "secrets": {k: secrets.token_urlsafe(48) for k in ("jwt", "api", "admin_password")},
+                         "external_postgres": os.environ.get("LTVREC_STACK_PG_DSN")}
+                self.settings_file.write_text(json.dumps(fresh, indent=2))
+                self.settings_file.chmod(0o600)
+            self._settings = json.loads(self.settings_file.read_text())
+        return self._settings
 
     def port(self, name: str) -> int:
         return self.settings()["ports"][name]
@@ -202,7 +206,10 @@ class Stack:
         return next((w.get("state") for w in workers if w.get("worker_name") == name), None)
 
     def airflow(self) -> "AirflowClient":
-        return AirflowClient(self.airflow_url, ADMIN, self.admin_password())
+        """One client per Stack: its token is fetched once, not at every health check."""
+        if self._airflow is None:
+            self._airflow = AirflowClient(self.airflow_url, ADMIN, self.admin_password())
+        return self._airflow
 
     def postgres_healthy(self) -> bool:
         import psycopg
