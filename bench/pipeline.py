@@ -35,7 +35,7 @@ def run(events: int, conf: dict) -> dict:
         raise SystemExit(f"run with {events} events failed:\n{proc.stderr[-3000:]}")
     summary = json.loads(next((home / "runs").glob("*/summary.json")).read_text())
     return {"users": users, "raw_events": summary["rows"]["ingest"]["raw_events"],
-            "clean_events": summary["rows"]["dbt_build"]["fct_events"],
+            "clean_events": summary["rows"]["quarantine"]["fct_events"],
             "published": summary["rows"]["publish"], "timings_s": summary["timings_s"],
             "stages_total_s": round(sum(summary["timings_s"].values()), 1), "wall_s": round(time.time() - started, 1),
             "training": {k: summary["training"].get(k) for k in ("epochs_run", "best_epoch", "train_seconds")},

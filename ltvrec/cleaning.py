@@ -1,19 +1,26 @@
-"""Cleaning: the dbt project (dbt_project/) run in process on a warehouse's raw tables.
+"""Cleaning: the dbt project (dbt_project/) run on a warehouse's raw tables.
 
-The DAG's dbt_build stage and the tests call `dbt_build`; `dbt_vars` is what the project needs from ltvrec,
-among it the event vocabulary (ltvrec.config is its only definition: the project declares no default).
+In the DAG every model (with its tests) is an Airflow task of its own: astronomer-cosmos renders the project from
+the manifest `build_manifest` writes (nothing parses dbt when Airflow parses the DAG), and `for_this_run` points each
+task at the run's warehouse and vars. Tests and benchmarks clean in one call with `dbt_build`. `dbt_vars` is what
+the project needs from ltvrec, among it the event vocabulary (ltvrec.config is its only definition: the project
+declares no default).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
+from datetime import datetime, timezone
 from pathlib import Path
 
 from ltvrec.config import EVENT_TYPES, PROJECT_ROOT, RAW_ONLY_EVENT_TYPES
 
 DBT_PROJECT = PROJECT_ROOT / "dbt_project"
+MANIFEST = DBT_PROJECT / "target" / "manifest.json"
+PROFILES = DBT_PROJECT / "profiles.yml"
 
 
 def dbt_vars(as_of: str) -> dict:
@@ -21,15 +28,26 @@ def dbt_vars(as_of: str) -> dict:
     return {"as_of": as_of, "event_types": list(EVENT_TYPES), "raw_only_event_types": list(RAW_ONLY_EVENT_TYPES)}
 
 
+def run_as_of(cfg) -> str:
+    """The run date dbt judges "late" and "future" by: the run's `as_of`, else today (UTC), not the latest event."""
+    return cfg.as_of or datetime.now(timezone.utc).date().isoformat()
+
+
 def dbt_build(wh, as_of: str, target_path: Path, log_path: Path) -> dict:
-    """`dbt build` (models, data tests, unit tests) on `wh` (a ltvrec.warehouse.Warehouse); raises naming the failed
-    nodes. Returns the row counts and the quarantine counts per reason, of events and of catalogue rows."""
+    """`dbt build` (models, data tests, unit tests) on `wh` (a ltvrec.warehouse.Warehouse) in one call; raises naming
+    the failed nodes. Returns `cleaning_record(wh)`."""
     result = run_dbt(wh, ["build"], dbt_vars(as_of), target_path, log_path)
     if not result.success:
         failed = [f"{r.node.resource_type} {r.node.name}: {r.status} ({r.message})"
                   for r in (result.result or []) if str(r.status) in ("error", "fail")]
         raise RuntimeError(f"dbt build failed on {wh.kind}: " + "; ".join(failed or [str(result.exception)])
                            + f". Full log: {Path(log_path) / 'dbt.log'}")
+    return cleaning_record(wh)
+
+
+def cleaning_record(wh) -> dict:
+    """What dbt left in `wh`'s marts: the row counts and the quarantine counts per reason, of events and of
+    catalogue rows."""
     events, items = reject_counts(wh, "events_quarantine"), reject_counts(wh, "items_quarantine")
     n_clean = wh.query("select count(*) as n from marts.fct_events").to_pylist()[0]["n"]
     return {"rows": {"fct_events": int(n_clean), "quarantined": sum(events.values()),
@@ -48,6 +66,45 @@ def run_dbt(wh, args: list[str], dbt_vars: dict, target_path: Path, log_path: Pa
                                    "--profiles-dir", str(DBT_PROJECT), "--target", target,
                                    "--vars", json.dumps(dbt_vars), "--target-path", str(target_path),
                                    "--log-path", str(log_path)])
+
+
+def build_manifest() -> Path:
+    """`dbt parse` the project into MANIFEST, which the DAG renders its dbt tasks from (make, `ltvrec stack up` and
+    `ltvrec run` call this when a file of the project is newer than the manifest). Parsing connects to nothing."""
+    if manifest_is_current():
+        return MANIFEST
+    with _environ({"LTVREC_DUCKDB_PATH": str(MANIFEST.parent / "parse.duckdb")}):
+        from dbt.cli.main import dbtRunner
+
+        result = dbtRunner().invoke(["parse", "--quiet", "--project-dir", str(DBT_PROJECT), "--profiles-dir",
+                                     str(DBT_PROJECT), "--target", "duckdb", "--vars", json.dumps(dbt_vars("")),
+                                     "--target-path", str(MANIFEST.parent), "--log-path", str(MANIFEST.parent)])
+    if not result.success:
+        raise RuntimeError(f"dbt parse of {DBT_PROJECT} failed: {result.exception}; see {MANIFEST.parent / 'dbt.log'}")
+    return MANIFEST
+
+
+def manifest_is_current() -> bool:
+    if not MANIFEST.exists():
+        return False
+    built = MANIFEST.stat().st_mtime
+    sources = [p for folder in ("models", "macros", "tests") for p in (DBT_PROJECT / folder).rglob("*") if p.is_file()]
+    return all(p.stat().st_mtime < built for p in [*sources, DBT_PROJECT / "dbt_project.yml", PROFILES])
+
+
+def for_this_run(context, operator) -> None:
+    """cosmos interceptor, run by every dbt task before it builds its dbt command: the run's warehouse (as the
+    profile's target and the environment it reads), the run's vars, and dbt's log in the run folder."""
+    from ltvrec import warehouse
+    from ltvrec.rundir import RunDir
+
+    run = RunDir(Path(context["ti"].xcom_pull(task_ids="prepare")))
+    cfg = run.config()
+    target, env = warehouse.connect(cfg.resolved_warehouse_url).dbt_target()
+    operator.vars = dbt_vars(run_as_of(cfg))
+    operator.env = {**(operator.env or {}), **env, "DBT_LOG_PATH": str(run.dbt / "logs")}
+    operator.profile_config = dataclasses.replace(operator.profile_config, target_name=target)
+    run.mark_started("dbt_build")
 
 
 def reject_counts(wh, quarantine: str) -> dict[str, int]:

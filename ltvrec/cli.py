@@ -16,7 +16,7 @@ from typing import Optional
 
 import typer
 
-from ltvrec.config import (PROJECT_ROOT, PY_TYPES, RunConfig, connection_uri, default_text, default_warehouse_url,
+from ltvrec.config import (AIRFLOW_SETTINGS, PROJECT_ROOT, PY_TYPES, RunConfig, connection_uri, default_text, default_warehouse_url,
                            kind_of, knobs, ltvrec_home, mlflow_tracking_uri, params_markdown, redact_url)
 from ltvrec.launch import tool
 
@@ -35,6 +35,7 @@ def airflow_env() -> dict[str, str]:
     env.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(PROJECT_ROOT / "dags"))
     env.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
     env.setdefault("AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION", "False")
+    env |= {k: env.get(k, v) for k, v in AIRFLOW_SETTINGS.items()}
     env.setdefault("LTVREC_TASK_RETRIES", "0")  # fail fast locally; production keeps the DAG's default of 2
     env["LTVREC_HOME"] = str(home)
     env.setdefault("MLFLOW_TRACKING_URI", mlflow_tracking_uri())
@@ -64,13 +65,14 @@ def fail(message: str, code: int = 2) -> None:
 def execute(params: dict, verbose: bool, on_stack: bool = False) -> None:
     """Check the params and the input, then run the DAG in-process and follow it (ltvrec/console.py), or trigger it
     on the running stack and follow it there (ltvrec/on_stack.py)."""
-    from ltvrec import console, sources
+    from ltvrec import cleaning, console, sources
 
     try:
         cfg = RunConfig.from_dict(params)
         sources.check_input(cfg.source, cfg.path, cfg.items_path)  # before Airflow's start-up, not after it
     except ValueError as exc:  # InputError is a ValueError: one plain message naming file, row or column
         fail(str(exc))
+    cleaning.build_manifest()  # the DAG's dbt tasks are rendered from it (a no-op while it is current)
     if on_stack:
         from ltvrec import on_stack as stack_run
 
@@ -129,6 +131,14 @@ def demo(users: int = typer.Option(2000, help="synthetic users"),
          verbose: bool = typer.Option(False, "--verbose", "-v", help="stream every log to the terminal")) -> None:
     """The whole DAG on the project's synthetic data, on the embedded defaults."""
     execute({"source": "synthetic", "synthetic_users": users}, verbose)
+
+
+@app.command("dbt-manifest")
+def dbt_manifest() -> None:
+    """`dbt parse` the project into the manifest the DAG renders its dbt tasks from (when a project file is newer)."""
+    from ltvrec import cleaning
+
+    typer.echo(cleaning.build_manifest())
 
 
 @app.command()

@@ -23,6 +23,9 @@ RAW_ONLY_EVENT_TYPES = ("non_product",)
 SOURCES = ("synthetic", "events", "online_retail", "movielens")
 DAG_ID = "ltvrec_batch"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# Settings every Airflow process of ltvrec gets (in-process, the stack): astronomer-cosmos reports usage to a remote
+# endpoint unless told not to
+AIRFLOW_SETTINGS = {"AIRFLOW__COSMOS__ENABLE_TELEMETRY": "False"}
 
 # Knobs whose default depends on the data source (None = not given: the source's value, else the generic one).
 # MovieLens is the literature's benchmark: leave-one-out, long-lived users (165 ratings on average), so it gets

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from ltvrec.config import RunConfig, ltvrec_home
 
-STAGES = ("prepare", "ingest", "gate_raw", "dbt_build", "gate_cleaned", "features", "gate_features", "ltv_prior",
-          "train", "als_baseline", "evaluate", "register", "score", "gate_scores", "publish", "summarize")
+STAGES = ("prepare", "ingest", "gate_raw", "dbt_build", "quarantine", "gate_cleaned", "features", "gate_features",
+          "ltv_prior", "train", "als_baseline", "evaluate", "register", "score", "gate_scores", "publish", "summarize")
 SERVING_TABLES = ("recommendations", "ltv_estimates")
 
 
@@ -118,6 +118,11 @@ class RunDir:
 
     def mark_running(self, name: str) -> None:
         write_json(self.path / "stages" / f"{name}.json", {"state": "running", "started": time.time()})
+
+    def mark_started(self, name: str) -> None:
+        """Mark running a stage that several tasks make up (the dbt models), once: its first task starts it."""
+        if (self.stage(name) or {}).get("state") != "running":
+            self.mark_running(name)
 
     def mark_done(self, name: str, record: dict) -> None:
         write_json(self.path / "stages" / f"{name}.json", {"state": "done", **record})

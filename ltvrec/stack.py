@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ltvrec.config import PROJECT_ROOT, ltvrec_home
+from ltvrec.config import AIRFLOW_SETTINGS, PROJECT_ROOT, ltvrec_home
 from ltvrec.launch import tool
 
 DATABASES = ("ltvrec", "airflow", "mlflow")
@@ -142,10 +142,13 @@ class Stack:
             "AIRFLOW__API_AUTH__JWT_SECRET": s["jwt"],  # the same in every component: task tokens are signed with it
             "AIRFLOW__EDGE__API_ENABLED": "True",
             "AIRFLOW__EDGE__API_URL": f"{self.airflow_url}/edge_worker/v1/rpcapi",
+            # a short DAG's time goes to hops between tasks: the scheduler's idle sleep and the workers' poll
             "AIRFLOW__EDGE__JOB_POLL_INTERVAL": "1",
+            "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.5",
             "AIRFLOW__EDGE__HEARTBEAT_INTERVAL": "10",
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+            **AIRFLOW_SETTINGS,
         }
 
     # --- the services -----------------------------------------------------------------------------------------
@@ -184,7 +187,8 @@ class Stack:
             name = f"{queue}-worker"
             services.append(Service(
                 f"airflow-worker-{queue}",
-                [airflow, "edge", "worker", "--queues", queue, "--edge-hostname", name, "--concurrency", "2",
+                [sys.executable, "-m", "ltvrec.edge_worker", "--queues", queue, "--edge-hostname", name,
+                 "--concurrency", "2",
                  "--pid", str(self.root / "airflow" / f"{name}.pid")],
                 lambda name=name: self.edge_worker_state(name) in ("idle", "running"),
                 f"queue {queue}", {"LTVREC_WORKER_NAME": name}, after="airflow-api-server"))
@@ -234,8 +238,11 @@ class Stack:
 
     # --- up / status / down -----------------------------------------------------------------------------------
     def up(self, echo: Callable[[str], None] = print, timeout_s: float = UP_TIMEOUT_S) -> None:
+        from ltvrec import cleaning
+
         started = time.time()
         self.logs.mkdir(parents=True, exist_ok=True)
+        cleaning.build_manifest()  # before the dag-processor renders the DAG's dbt tasks from it
         self.start_postgres(echo)
         self.migrate_airflow(echo)
         waiting, healthy, spawned = {s.name: s for s in self.services()}, set(), set()

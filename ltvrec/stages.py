@@ -12,7 +12,6 @@ import functools
 import logging
 import time
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
 
 from ltvrec import launch, promotion, serving, sources, synthetic, tracking, warehouse
@@ -64,10 +63,12 @@ def stage_log(log_file: Path):
 
 
 def record_failure(run_id: str, task_id: str, error: object) -> None:
-    """Note a task that failed outside its stage function (e.g. on import) in its run folder."""
+    """Note a task that failed outside its stage function (on import; a dbt model's task) in its run folder. A task
+    of a group (dbt_build.<model>_model_build) fails its group's stage, naming the task."""
     run = RunDir.for_run_id(run_id)
-    if run.path.exists() and (run.stage(task_id) or {}).get("state") != "failed":
-        run.mark_failed(task_id, str(error))
+    name, _, task = task_id.partition(".")
+    if run.path.exists() and (run.stage(name) or {}).get("state") != "failed":
+        run.mark_failed(name, f"{task}: {error}" if task else str(error))
 
 
 def prepare(params: dict, run_id: str, dag_id: str = DAG_ID) -> str:
@@ -116,14 +117,27 @@ def gate_raw(run: RunDir) -> dict:
 
 @stage
 def dbt_build(run: RunDir) -> dict:
-    """`dbt build` (models, schema and unit tests) on the run's warehouse; rejected rows are quarantined."""
+    """The whole dbt project in one `dbt build` (models, schema and unit tests) on the run's warehouse, for callers
+    outside Airflow (tests, benchmarks). The DAG runs the same project as a task per model (dags/ltvrec_batch.py)."""
     from ltvrec import cleaning
 
     cfg = run.config()
-    # without an explicit run date, "in the future" means after today (UTC), not after the latest event
-    as_of = cfg.as_of or datetime.now(timezone.utc).date().isoformat()
-    record = cleaning.dbt_build(warehouse.connect(cfg.resolved_warehouse_url), as_of, run.dbt / "target", run.dbt / "logs")
-    log.info("dbt build: %s; dbt's own log: %s", record["rows"], run.dbt / "logs" / "dbt.log")
+    cleaning.dbt_build(warehouse.connect(cfg.resolved_warehouse_url), cleaning.run_as_of(cfg), run.dbt / "target",
+                       run.dbt / "logs")
+    return {}
+
+
+@stage
+def quarantine(run: RunDir) -> dict:
+    """What dbt cleaned and quarantined (rows and reject reasons, of events and of the catalogue). In the DAG it also
+    closes the record of dbt_build, the stage the per-model dbt tasks make up."""
+    from ltvrec import cleaning
+
+    built = run.stage("dbt_build") or {}
+    if built.get("state") == "running":
+        run.mark_done("dbt_build", {"seconds": round(time.time() - built["started"], 3)})
+    record = cleaning.cleaning_record(warehouse.connect(run.config().resolved_warehouse_url))
+    log.info("dbt: %s; dbt's own log: %s", record["rows"], run.dbt / "logs" / "dbt.log")
     items = sum(record.get("quarantine_items", {}).values())
     notes = [f"{items:,} catalogue row(s) quarantined ({', '.join(record['quarantine_items'])}): see "
              "marts.items_quarantine"] if items else []
@@ -352,8 +366,8 @@ def summarize(run_dir: str) -> dict:
         "config": cfg.to_dict(),
         "run_date": records.get("publish", {}).get("run_date"),
         "rows": {name: rec["rows"] for name, rec in records.items() if "rows" in rec},
-        "quarantine": records.get("dbt_build", {}).get("quarantine", {}),
-        "quarantine_items": records.get("dbt_build", {}).get("quarantine_items", {}),
+        "quarantine": records.get("quarantine", {}).get("quarantine", {}),
+        "quarantine_items": records.get("quarantine", {}).get("quarantine_items", {}),
         "metrics": records.get("evaluate", {}).get("metrics", {}),
         "training": {k: v for k, v in records.get("train", {}).items() if k != "seconds"},
         "registry": records.get("register", {}),

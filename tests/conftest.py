@@ -50,6 +50,12 @@ def pytest_configure(config):
     os.environ.setdefault("AIRFLOW_HOME", home)
     os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
     os.environ.setdefault("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{home}/airflow.db")
+    from ltvrec import cleaning
+    from ltvrec.config import AIRFLOW_SETTINGS
+
+    for key, value in AIRFLOW_SETTINGS.items():
+        os.environ.setdefault(key, value)
+    cleaning.build_manifest()  # the DAG renders its dbt tasks from it, as after `make`
 
 
 @pytest.fixture(scope="session")

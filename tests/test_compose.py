@@ -25,11 +25,13 @@ def test_the_spark_image_matches_the_pyspark_pin():
 
 def test_the_compose_file_uses_the_stacks_executor_and_serves_every_queue():
     services = compose()["services"]
-    airflow = {name: s for name, s in services.items() if "airflow" in " ".join(map(str, s.get("command", [])))}
+    airflow = {name: s for name, s in services.items() if name.startswith("airflow")}
     assert {s["environment"]["AIRFLOW__CORE__EXECUTOR"] for s in airflow.values()} == {EDGE_EXECUTOR}
-    served = {s["command"][s["command"].index("--queues") + 1] for s in airflow.values() if "edge" in s["command"]}
+    workers = [s for s in airflow.values() if "--queues" in s["command"]]
+    assert all(s["command"][:3] == ["python", "-m", "ltvrec.edge_worker"] for s in workers)  # as the stack's
+    served = {s["command"][s["command"].index("--queues") + 1] for s in workers}
     assert served == set(QUEUES)
-    gpu = next(s for s in airflow.values() if "edge" in s["command"] and "gpu" in s["command"])
+    gpu = next(s for s in workers if "gpu" in s["command"])
     assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
     assert "trainer" not in services  # the idle container no task reached is gone
     assert "--serve-artifacts" in services["mlflow"]["command"]

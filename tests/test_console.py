@@ -61,3 +61,18 @@ def test_the_newest_run_folder_since_the_start_is_followed(tmp_path, monkeypatch
         (tmp_path / "runs" / name / "config.json").write_text("{}")
         time.sleep(0.05)
     assert console.find_run(started).name == "new"
+
+
+def test_a_failed_dbt_model_task_fails_the_dbt_build_stage_naming_its_task(tmp_path, monkeypatch):
+    from ltvrec import stages
+
+    monkeypatch.setenv("LTVREC_HOME", str(tmp_path))
+    run = RunDir.for_run_id("manual__2026-01-01")
+    run.path.mkdir(parents=True)
+    run.mark_started("dbt_build")
+    started = run.stage("dbt_build")["started"]
+    run.mark_started("dbt_build")  # a later model's task keeps the stage's start
+    assert run.stage("dbt_build") == {"state": "running", "started": started}
+    stages.record_failure(run.name, "dbt_build.fct_events_model_build", RuntimeError("not_null_fct_events_user_id"))
+    name, rec = run.failure()
+    assert name == "dbt_build" and rec["error"] == "fct_events_model_build: not_null_fct_events_user_id"

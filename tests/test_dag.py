@@ -28,13 +28,55 @@ def test_retries_tags_and_failure_callback(dagbag):
 
 def test_stage_order(dagbag):
     dag = dagbag.dags["ltvrec_batch"]
-    order = ["prepare", "ingest", "gate_raw", "dbt_build", "gate_cleaned", "features", "gate_features", "ltv_prior", "train",
-             "evaluate", "register", "score", "gate_scores", "publish", "summarize"]
-    assert set(dag.task_ids) == set(order) | {"als_baseline"}
+    order = ["prepare", "ingest", "gate_raw", "quarantine", "gate_cleaned", "features", "gate_features", "ltv_prior",
+             "train", "evaluate", "register", "score", "gate_scores", "publish", "summarize"]
+    dbt_tasks = {t for t in dag.task_ids if t.startswith("dbt_build.")}
+    assert set(dag.task_ids) == set(order) | {"als_baseline"} | dbt_tasks
     for upstream, downstream in zip(order, order[1:]):
         expected = {upstream, "als_baseline"} if downstream == "evaluate" else {upstream}
-        assert dag.get_task(downstream).upstream_task_ids == expected
+        found = dag.get_task(downstream).upstream_task_ids
+        assert found >= expected and found - expected <= dbt_tasks  # quarantine also waits for the dbt tasks
     assert dag.get_task("als_baseline").upstream_task_ids == {"gate_features"}
+
+
+def test_every_dbt_model_is_a_task_between_the_raw_gate_and_the_quarantine_record(dagbag):
+    import json
+
+    from ltvrec.cleaning import MANIFEST
+
+    dag = dagbag.dags["ltvrec_batch"]
+    models = {n["name"] for n in json.loads(MANIFEST.read_text())["nodes"].values() if n["resource_type"] == "model"}
+    dbt_tasks = {t for t in dag.task_ids if t.startswith("dbt_build.")}
+    assert {f"dbt_build.{m}_model_build" for m in models} <= dbt_tasks
+    for task_id in dbt_tasks:
+        task = dag.get_task(task_id)
+        assert task.upstream_task_ids <= dbt_tasks | {"gate_raw"}
+        assert "quarantine" in dag.get_task(task_id).get_flat_relative_ids(upstream=False)
+        assert task.on_failure_callback and task.retries >= 2
+    # a test of several models runs once, after all of them: its own task (conservation of raw rows)
+    conserved = dag.get_task("dbt_build.assert_events_conserved_test").upstream_task_ids
+    assert conserved == {"dbt_build.fct_events_model_build", "dbt_build.events_quarantine_model_build"}
+
+
+def test_parsing_the_dag_imports_neither_dbt_nor_the_heavy_libraries_and_routes_scoring_when_asked():
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys; from airflow.dag_processing.dagbag import DagBag; b = DagBag(dag_folder='dags'); "
+            "assert not b.import_errors, b.import_errors; d = b.dags['ltvrec_batch']; "
+            "print([m for m in ('dbt.cli.main', 'torch', 'mlflow', 'great_expectations') if m in sys.modules], "
+            "d.get_task('train').queue, d.get_task('score').queue)")
+    env = os.environ | {"LTVREC_SCORE_QUEUE": "gpu"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
+                         env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[] gpu gpu"
+
+
+def test_only_training_goes_to_the_gpu_queue_by_default(dagbag):
+    queues = {task.task_id: task.queue for task in dagbag.dags["ltvrec_batch"].tasks}
+    assert queues.pop("train") == "gpu" and set(queues.values()) == {"default"}
 
 
 def test_publish_declares_the_serving_assets(dagbag):

@@ -1,0 +1,34 @@
+"""`python -m ltvrec.edge_worker --queues Q ...`: Airflow's `airflow edge worker`, with the stages' libraries imported
+once, before the worker forks a process per task.
+
+An Edge worker forks every task from itself (Airflow's default, `execute_tasks_new_python_interpreter = False`), so
+a library the worker already imported costs the task nothing: Great Expectations alone takes 5-12 s to import, and
+every ltvrec task imports MLflow, most import torch, dbt or PyMC. This is Celery's `--preload` idea for the Edge worker.
+None of these imports starts a thread, opens a connection or touches CUDA, so the forks are safe.
+
+The price is the same as Celery's: a worker runs the code it imported at its start, so restart the workers
+(`ltvrec stack down`, `ltvrec stack up`) after changing the stages. LTVREC_WORKER_PRELOAD=0 turns it off.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+PRELOAD = ("ltvrec.stages", "ltvrec.cleaning", "expectations.gate", "mlflow", "dbt.cli.main", "cosmos.operators.local",
+           "torch", "models.report", "models.score", "pyspark.sql", "pymc_marketing.clv")
+
+
+def main() -> None:
+    if os.environ.get("LTVREC_WORKER_PRELOAD", "1") != "0":
+        for module in PRELOAD:
+            importlib.import_module(module)
+    from airflow.__main__ import main as airflow_main
+
+    sys.argv = ["airflow", "edge", "worker", *sys.argv[1:]]
+    airflow_main()
+
+
+if __name__ == "__main__":
+    main()
