@@ -172,7 +172,9 @@ def print_results(console: Console, run: RunDir, seconds: float) -> None:
             lines.append(f"  {name:<22} HR@10={m.get('hr_10', 0):.4f}  NDCG@10={m.get('ndcg_10', 0):.4f}")
     for name, m in s["metrics"].get("ltv", {}).items():
         lines.append(f"  LTV {name:<18} normalized Gini={m.get('gini', 0):.3f}  Spearman={m.get('spearman', 0):.3f}")
-    lines += [f"  MLflow:     {mlflow_tracking_uri()}  (make mlflow-ui, then http://127.0.0.1:5000)", "",
+    tracking_uri = mlflow_tracking_uri()
+    ui = "its UI" if tracking_uri.startswith("http") else "make mlflow-ui, then http://127.0.0.1:5000"
+    lines += [f"  MLflow:     {tracking_uri}  ({ui})", "",
               "Query the results with any SQL client of the warehouse, or `.venv/bin/ltvrec sql \"...\"`:",
               "  " + example_query(s["run_date"])]
     console.print("\n".join(lines), soft_wrap=True)

@@ -73,7 +73,7 @@ def follow(client: AirflowClient, run_id: str, console: Console, poll_s: float =
 def task_line(ti: dict) -> str:
     icon, style = ICONS.get(ti["state"], ("?", "white"))
     where = f"{ti.get('hostname') or '-'} (queue {ti.get('queue')})" if ti.get("hostname") else ""
-    return f"  [{style}]{icon}[/] {ti['task_id']:<14}[dim]{ti.get('duration') or 0:>7.1f}s[/]  {ti['state']:<10} {where}"
+    return f"  [{style}]{icon}[/] {ti['task_id']:<40}[dim]{ti.get('duration') or 0:>7.1f}s[/]  {ti['state']:<10} {where}"
 
 
 def run_folder(client: AirflowClient, run_id: str) -> RunDir | None:
