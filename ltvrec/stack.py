@@ -325,16 +325,24 @@ class Stack:
         return rows
 
     def down(self, echo: Callable[[str], None] = print) -> None:
-        """Stop what `up` started (never anything else), newest first; the data stays."""
+        """Stop what `up` started (never anything else); the data stays. The workers first (they sign off through the
+        API server), then the other services together, Postgres last."""
+        from concurrent.futures import ThreadPoolExecutor
+
         pids = self.pids()
-        for name in reversed(list(pids)):
-            record = pids.pop(name)
-            if name == "postgres":
-                stop_embedded_postgres(self.root / "postgres", record)
-            else:
-                stop_group(record)
-            echo(f"  {name:<24} stopped (pid {record['pid']})")
+        workers = [name for name in pids if name.startswith("airflow-worker-")]
+        services = [name for name in pids if name not in workers and name != "postgres"]
+        for phase in (workers, services, ["postgres"] if "postgres" in pids else []):
+            with ThreadPoolExecutor(max_workers=max(1, len(phase))) as pool:
+                for name, _ in zip(phase, pool.map(lambda name: self.stop(name, pids[name]), phase)):
+                    echo(f"  {name:<24} stopped (pid {pids.pop(name)['pid']})")
             self.save_pids(pids)
+
+    def stop(self, name: str, record: dict) -> None:
+        if name == "postgres":
+            stop_embedded_postgres(self.root / "postgres", record)
+        else:
+            stop_group(record)
 
 
 class AirflowClient:
