@@ -125,6 +125,7 @@ def test_train_ran_on_the_gpu_queue_worker_and_the_rest_on_default(stack, first_
     instances = st.airflow().get(f"/api/v2/dags/ltvrec_batch/dagRuns/{quote(first_run['run_id'])}/taskInstances")
     by_task = {ti["task_id"]: ti for ti in instances["task_instances"]}
     assert by_task["train"]["queue"] == "gpu" and by_task["train"]["hostname"].startswith("gpu-worker")
+    assert {"dbt_build.fct_events_model_build", "dbt_build.assert_events_conserved_test"} <= set(by_task)
     others = [ti for task, ti in by_task.items() if task != "train"]
     assert others and all(ti["queue"] == "default" and ti["hostname"].startswith("default-worker") for ti in others)
     assert all(ti["state"] == "success" for ti in by_task.values())
