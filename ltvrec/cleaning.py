@@ -58,9 +58,13 @@ def cleaning_record(wh) -> dict:
 def run_dbt(wh, args: list[str], dbt_vars: dict, target_path: Path, log_path: Path):
     """Any dbt command on the project, in process, against `wh`; quiet on stdout (the full log is
     log_path/dbt.log). Returns dbt's dbtRunnerResult."""
+    target, env = wh.dbt_target()
+    return _invoke(args, target, env, dbt_vars, target_path, log_path)
+
+
+def _invoke(args: list[str], target: str, env: dict[str, str], dbt_vars: dict, target_path: Path, log_path: Path):
     from dbt.cli.main import dbtRunner
 
-    target, env = wh.dbt_target()
     with _environ(env):
         return dbtRunner().invoke([*args, "--quiet", "--project-dir", str(DBT_PROJECT),
                                    "--profiles-dir", str(DBT_PROJECT), "--target", target,
@@ -73,12 +77,8 @@ def build_manifest() -> Path:
     `ltvrec run` call this when a file of the project is newer than the manifest). Parsing connects to nothing."""
     if manifest_is_current():
         return MANIFEST
-    with _environ({"LTVREC_DUCKDB_PATH": str(MANIFEST.parent / "parse.duckdb")}):
-        from dbt.cli.main import dbtRunner
-
-        result = dbtRunner().invoke(["parse", "--quiet", "--project-dir", str(DBT_PROJECT), "--profiles-dir",
-                                     str(DBT_PROJECT), "--target", "duckdb", "--vars", json.dumps(dbt_vars("")),
-                                     "--target-path", str(MANIFEST.parent), "--log-path", str(MANIFEST.parent)])
+    result = _invoke(["parse"], "duckdb", {"LTVREC_DUCKDB_PATH": str(MANIFEST.parent / "parse.duckdb")},
+                     dbt_vars(""), MANIFEST.parent, MANIFEST.parent)
     if not result.success:
         raise RuntimeError(f"dbt parse of {DBT_PROJECT} failed: {result.exception}; see {MANIFEST.parent / 'dbt.log'}")
     return MANIFEST

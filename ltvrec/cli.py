@@ -16,8 +16,9 @@ from typing import Optional
 
 import typer
 
-from ltvrec.config import (AIRFLOW_SETTINGS, PROJECT_ROOT, PY_TYPES, RunConfig, connection_uri, default_text, default_warehouse_url,
-                           kind_of, knobs, ltvrec_home, mlflow_tracking_uri, params_markdown, redact_url)
+from ltvrec.config import (AIRFLOW_SETTINGS, PROJECT_ROOT, PY_TYPES, RunConfig, connection_uri, default_text,
+                           default_warehouse_url, kind_of, knobs, ltvrec_home, mlflow_tracking_uri, params_markdown,
+                           redact_url)
 from ltvrec.launch import tool
 
 app = typer.Typer(help="ltvrec: raw events -> top-N recommendations and customer LTV in a warehouse.", no_args_is_help=True)
@@ -35,7 +36,8 @@ def airflow_env() -> dict[str, str]:
     env.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(PROJECT_ROOT / "dags"))
     env.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
     env.setdefault("AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION", "False")
-    env |= {k: env.get(k, v) for k, v in AIRFLOW_SETTINGS.items()}
+    for key, value in AIRFLOW_SETTINGS.items():
+        env.setdefault(key, value)
     env.setdefault("LTVREC_TASK_RETRIES", "0")  # fail fast locally; production keeps the DAG's default of 2
     env["LTVREC_HOME"] = str(home)
     env.setdefault("MLFLOW_TRACKING_URI", mlflow_tracking_uri())
