@@ -84,6 +84,12 @@ def build_manifest() -> Path:
     return MANIFEST
 
 
+def model_schemas() -> list[str]:
+    """The schemas the project's models build into, from the manifest."""
+    nodes = json.loads(build_manifest().read_text())["nodes"].values()
+    return sorted({n["schema"] for n in nodes if n["resource_type"] == "model"})
+
+
 def manifest_is_current() -> bool:
     if not MANIFEST.exists():
         return False

@@ -14,7 +14,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from ltvrec import launch, promotion, serving, sources, synthetic, tracking, warehouse
+from ltvrec import cleaning, launch, promotion, serving, sources, synthetic, tracking, warehouse
 from ltvrec.config import DAG_ID, EVENT_TYPES, RunConfig, ltvrec_home
 from ltvrec.rundir import RunDir, write_json
 
@@ -98,6 +98,7 @@ def ingest(run: RunDir) -> dict:
     wh = warehouse.connect(cfg.resolved_warehouse_url)
     wh.replace_table("raw", "events", events)
     wh.replace_table("raw", "items", items)
+    wh.create_schemas(cleaning.model_schemas())  # before dbt's tasks, which may run at the same time
     return {"rows": {"raw_events": events.num_rows, "raw_items": items.num_rows},
             "dataset_digest": sources.file_digest(*paths), "warehouse": wh.kind}
 
@@ -119,8 +120,6 @@ def gate_raw(run: RunDir) -> dict:
 def dbt_build(run: RunDir) -> dict:
     """The whole dbt project in one `dbt build` (models, schema and unit tests) on the run's warehouse, for callers
     outside Airflow (tests, benchmarks). The DAG runs the same project as a task per model (dags/ltvrec_batch.py)."""
-    from ltvrec import cleaning
-
     cfg = run.config()
     cleaning.dbt_build(warehouse.connect(cfg.resolved_warehouse_url), cleaning.run_as_of(cfg), run.dbt / "target",
                        run.dbt / "logs")
@@ -131,8 +130,6 @@ def dbt_build(run: RunDir) -> dict:
 def quarantine(run: RunDir) -> dict:
     """What dbt cleaned and quarantined (rows and reject reasons, of events and of the catalogue). In the DAG it also
     closes the record of dbt_build, the stage the per-model dbt tasks make up."""
-    from ltvrec import cleaning
-
     built = run.stage("dbt_build") or {}
     if built.get("state") == "running":
         run.mark_done("dbt_build", {"seconds": round(time.time() - built["started"], 3)})

@@ -150,6 +150,15 @@ class Warehouse:
                           .replace("?", self.placeholder), (model_name,)).to_pylist()
         return rows[0] if rows else None
 
+    def create_schemas(self, names: list[str]) -> None:
+        """Create the schemas of `names` that do not exist yet. Called before tasks that may run at the same time
+        build into them (dbt's models): two concurrent `create schema if not exists` of one name can fail on
+        PostgreSQL (duplicate key in pg_namespace)."""
+        with self._connect() as con:
+            for name in names:
+                qualified(name, "t")  # validates the name
+                con.execute(f'create schema if not exists "{name}"')
+
     def export_parquet(self, schema: str, table: str, path: Path) -> int:
         data = self.query(f"select * from {qualified(schema, table)}")
         pq.write_table(data, path)

@@ -114,6 +114,21 @@ def test_raw_load_and_parquet_export(wh, tmp_path):
     assert back["user_id"].tolist()[0] == "a" and back["quantity"].tolist() == [1.5, 2.0]
 
 
+def test_the_schemas_of_the_dbt_models_are_created_before_dbt_runs(wh):
+    """dbt's tasks run side by side on the stack; two concurrent `create schema if not exists` of one name fail on
+    PostgreSQL, so ingest creates every schema the models build into (read from the manifest) beforehand."""
+    from ltvrec import cleaning
+
+    schemas = cleaning.model_schemas()
+    assert {"staging", "intermediate", "marts"} <= set(schemas)
+    wh.create_schemas(schemas)
+    wh.create_schemas(schemas)  # a rerun finds them
+    found = wh.query("select schema_name from information_schema.schemata").column("schema_name").to_pylist()
+    assert set(schemas) <= set(found)
+    with pytest.raises(ValueError, match="invalid SQL identifier"):
+        wh.create_schemas(['x"; drop schema marts; --'])
+
+
 def test_identifiers_are_validated():
     with pytest.raises(ValueError, match="invalid SQL identifier"):
         warehouse.qualified("serving", "recs; drop table x")
