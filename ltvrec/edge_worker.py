@@ -16,17 +16,33 @@ import importlib
 import os
 import sys
 
-PRELOAD = ("ltvrec.stages", "ltvrec.cleaning", "expectations.gate", "mlflow", "dbt.cli.main", "cosmos.operators.local",
-           "torch", "models.report", "models.score", "pyspark.sql", "pymc_marketing.clv")
+PRELOAD = ("ltvrec.stages", "ltvrec.cleaning", "expectations.gate", "mlflow", "dbt.cli.main", "dbt.adapters.postgres",
+           "dbt.adapters.duckdb", "cosmos.operators.local", "openlineage.common.provider.dbt.local", "torch",
+           "models.report", "models.score", "pyspark.sql")
+# A worker serving only queue gpu runs `train` (torchrun, a process of its own) and, when chosen, `score`
+GPU_PRELOAD = ("ltvrec.stages", "mlflow", "torch", "models.score")
+
+
+def preload(queues: set[str]) -> None:
+    if queues == {"gpu"}:
+        for module in GPU_PRELOAD:
+            importlib.import_module(module)
+        return
+    for module in PRELOAD:
+        importlib.import_module(module)
+    from models.btyd import import_clv
+
+    import_clv()  # PyMC-Marketing, imported after the PyTensor flags ltvrec sets
 
 
 def main() -> None:
+    args = sys.argv[1:]
     if os.environ.get("LTVREC_WORKER_PRELOAD", "1") != "0":
-        for module in PRELOAD:
-            importlib.import_module(module)
+        queues = args[args.index("--queues") + 1] if "--queues" in args else "default"
+        preload(set(queues.split(",")))
     from airflow.__main__ import main as airflow_main
 
-    sys.argv = ["airflow", "edge", "worker", *sys.argv[1:]]
+    sys.argv = ["airflow", "edge", "worker", *args]
     airflow_main()
 
 

@@ -13,9 +13,12 @@ and the output, per customer, the probability of still being active, the expecte
 the next `horizon_days` days, and their expected value (expected purchases x Gamma-Gamma expected spend per
 purchase day, the population mean spend for customers without a repeat purchase).
 
-PyTensor compiles its graphs to C (needs g++; without one it falls back to a slower pure-Python mode, which
-`_configure_pytensor` selects explicitly to skip the probing and its warning). The compile cache lives in
-PyTensor's default `~/.pytensor`, or under `$LTVREC_HOME/.pytensor` when the home directory is not writable.
+PyTensor runs these graphs in its pure-Python (NumPy) mode, with or without g++: `_configure_pytensor` chooses it
+(set `PYTENSOR_FLAGS=cxx=g++` to compile to C instead). The graphs are small and their arrays have one row per
+customer, so NumPy's whole-array calls cost what C does, while C pays a compile, or on a warm cache a scan of the
+whole cache (`~/.pytensor`) in every new process: ltv_prior took 16.0 s in Python mode against 26.7 s in C on a
+small synthetic run, and 33.6 s against 39.1 s on Online Retail II (6 cut-offs, up to 5,852 customers), with the
+same prior on Online Retail (docs/benchmarks.md, "BTYD fit time").
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ import contextlib
 import io
 import logging
 import os
-import shutil
 import sys
 import tempfile
 import warnings
@@ -51,10 +53,9 @@ def _configure_pytensor() -> None:
     flags = [f for f in os.environ.get("PYTENSOR_FLAGS", "").split(",") if f.strip()]
     given = {f.split("=", 1)[0].strip() for f in flags}
     extra = []
-    if "cxx" not in given and not shutil.which("g++"):
-        # Pure-Python/NumPy mode, chosen explicitly (no "g++ not detected" warning). Without C, fused elementwise
-        # ops run as Python loops over scalars: leaving fusion out keeps whole-array NumPy calls (about 3x faster a
-        # fit; docs/benchmarks.md).
+    if "cxx" not in given:
+        # Pure-Python/NumPy mode (see the module's docstring). Without C, fused elementwise ops run as Python loops
+        # over scalars: leaving fusion out keeps whole-array NumPy calls (about 3x faster a fit; docs/benchmarks.md).
         extra += ["cxx=", "optimizer_excluding=fusion"]
     if "blas__ldflags" not in given:
         extra.append("blas__ldflags=")  # skip BLAS probing (slow, warns); these models have no matrix products
@@ -83,7 +84,8 @@ def _quiet():
             lg.setLevel(level)
 
 
-def _import_clv():
+def import_clv():
+    """PyMC-Marketing's BG/NBD and Gamma-Gamma models, imported after the PyTensor flags ltvrec sets."""
     _configure_pytensor()
     with _quiet():
         from pymc_marketing.clv import BetaGeoModel, GammaGammaModel
@@ -211,7 +213,7 @@ def bgnbd_gamma_gamma(summary: pd.DataFrame, horizon_days: float) -> pd.DataFram
     Raises ValueError for an empty summary, a missing column or invalid values.
     """
     df = _validate(summary, horizon_days)
-    BetaGeoModel, GammaGammaModel = _import_clv()
+    BetaGeoModel, GammaGammaModel = import_clv()
     with _quiet():
         p_alive, purchases = _fit_bgnbd(BetaGeoModel, df, float(horizon_days))
         spend = _fit_gamma_gamma(GammaGammaModel, df)
