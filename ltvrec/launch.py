@@ -68,10 +68,18 @@ def torchrun(config_file: Path, nproc: int, log_file: Path, nnodes: int = 1, rdz
     run_logged(cmd, log_file, {"MLFLOW_TRACKING_URI": mlflow_tracking_uri(), "OMP_NUM_THREADS": str(threads)})
 
 
-def spark_submit(job: str, args: list[str], master: str, log_file: Path) -> None:
-    """spark-submit a job of jobs/ to `master`, with Spark's own logging at WARN (jobs/log4j2.properties)."""
-    log4j = f"-Dlog4j2.configurationFile={PROJECT_ROOT / 'jobs' / 'log4j2.properties'}"
-    cmd = [tool("spark-submit"), "--master", master, "--driver-memory", "2g", "--driver-java-options", log4j,
-           "--conf", f"spark.executor.extraJavaOptions={log4j}", "--conf", "spark.sql.shuffle.partitions=8",
+# The JIT's first tier only (C1). A Spark SQL job of a few minutes spends much of its JVMs' CPU compiling code that
+# then runs briefly; C1 compiles fast. jobs/features.py, measured (docs/benchmarks.md, "Spark features: C1 JIT"):
+# 67 -> 39 s on the stack's standalone cluster for a small synthetic run, 137 -> 123 s for Online Retail II (local[2]:
+# 44 -> 36 s and 98 -> 91 s). ALS keeps the full JIT: its numeric loops on Online Retail II took 74 -> 102 s with C1.
+C1_JIT = "-XX:TieredStopAtLevel=1"
+
+
+def spark_submit(job: str, args: list[str], master: str, log_file: Path, java_options: str = "") -> None:
+    """spark-submit a job of jobs/ to `master`, with Spark's own logging at WARN (jobs/log4j2.properties) and
+    `java_options` for the driver's and the executors' JVMs."""
+    jvm = f"-Dlog4j2.configurationFile={PROJECT_ROOT / 'jobs' / 'log4j2.properties'} {java_options}".strip()
+    cmd = [tool("spark-submit"), "--master", master, "--driver-memory", "2g", "--driver-java-options", jvm,
+           "--conf", f"spark.executor.extraJavaOptions={jvm}", "--conf", "spark.sql.shuffle.partitions=8",
            "--conf", "spark.ui.enabled=false", str(PROJECT_ROOT / "jobs" / job), *args]
     run_logged(cmd, log_file, {"PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable})

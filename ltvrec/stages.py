@@ -162,7 +162,7 @@ def features(run: RunDir) -> dict:
             "--out", str(run.features), "--horizon-days", str(cfg.horizon_days),
             "--holdout-days", str(cfg.holdout_days), "--ltv-train-windows", str(cfg.ltv_train_windows),
             "--event-types", ",".join(EVENT_TYPES), *(["--as-of", cfg.as_of] if cfg.as_of else [])]
-    launch.spark_submit("features.py", args, cfg.resolved_spark_master, run.log_file("features"))
+    launch.spark_submit("features.py", args, cfg.resolved_spark_master, run.log_file("features"), launch.C1_JIT)
     split = run.split()
     tracking.name_run(cfg, run.mlflow_run_id, split["as_of"])
     return {"rows": rows | feature_rows(run.features), "split": split}
