@@ -44,11 +44,14 @@ def serving_ddl(table: str) -> str:
     return "(" + ", ".join(columns) + ")"
 
 
+def quoted(name: str) -> str:
+    if not IDENT.match(name):
+        raise ValueError(f"invalid SQL identifier {name!r}")
+    return f'"{name}"'
+
+
 def qualified(schema: str, table: str) -> str:
-    for name in (schema, table):
-        if not IDENT.match(name):
-            raise ValueError(f"invalid SQL identifier {name!r}")
-    return f'"{schema}"."{table}"'
+    return f"{quoted(schema)}.{quoted(table)}"
 
 
 def connect(url: str) -> "Warehouse":
@@ -156,8 +159,7 @@ class Warehouse:
         PostgreSQL (duplicate key in pg_namespace)."""
         with self._connect() as con:
             for name in names:
-                qualified(name, "t")  # validates the name
-                con.execute(f'create schema if not exists "{name}"')
+                con.execute(f"create schema if not exists {quoted(name)}")
 
     def export_parquet(self, schema: str, table: str, path: Path) -> int:
         data = self.query(f"select * from {qualified(schema, table)}")
