@@ -105,13 +105,17 @@ class RunConfig:
                      "50,000 items)", "model", choices=("auto", "full", "sampled"))
     n_negatives: int = knob(2048, "shared negatives per batch of the sampled softmax", "model", minimum=1)
     # training
-    epochs: int = knob(30, "maximum training epochs (early stopping decides)", "training", minimum=1)
+    epochs: int | None = knob(None, "a limit of training epochs; default: none, early stopping (patience) or the time "
+                              "budget (max_train_minutes) ends training", "training", minimum=1)
     patience: int | None = knob(None, "epochs without a better validation NDCG@10 before stopping", "training",
                                 minimum=1)
     max_train_minutes: float | None = knob(None, "training budget, checked between epochs", "training", above=0)
     refit_epochs: int = knob(1, "epochs of the best model on the validation window too, after early stopping",
                              "training", minimum=0)
-    lr: float = knob(2e-3, "AdamW learning rate", "training", above=0)
+    lr: float = knob(2e-3, "AdamW peak learning rate", "training", above=0)
+    lr_schedule: str = knob("cosine", "after a linear warm-up: cosine decay to 10% of lr by the end of the planned "
+                            "epochs (the epochs limit, or as many as fit the time budget), or constant", "training",
+                            choices=("cosine", "constant"))
     weight_decay: float = knob(0.01, "AdamW weight decay", "training", minimum=0)
     batch_size: int = knob(128, "global batch size (split over the processes)", "training", minimum=1)
     nproc: int = knob(2, "torchrun processes", "training", minimum=1)

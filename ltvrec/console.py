@@ -117,7 +117,8 @@ def progress_text(run: RunDir, name: str) -> str:
         return ""
     if name == "train":
         done, total = progress.get("batch", 0), max(progress.get("batches", 1), 1)
-        label = f"{progress.get('phase', 'train')} epoch {progress.get('epoch')}/{progress.get('epochs')}"
+        planned = progress.get("epochs") or "?"  # not planned before the first epoch ends
+        label = f"{progress.get('phase', 'train')} epoch {progress.get('epoch')}/{planned}"
         rate = f"{progress.get('sequences_per_s', 0):,.0f} seq/s"
     else:
         done, total = progress.get("done", 0), max(progress.get("total", 1), 1)

@@ -37,9 +37,10 @@ class TrainConfig:
     ltv_prior: bool
     ltv_correction_weight: float
     lr: float
+    lr_schedule: str  # cosine | constant, after a warm-up (models.train.learning_rate)
     weight_decay: float
     batch_size: int  # global: split over the processes
-    epochs: int
+    epochs: int | None  # an explicit limit; None: early stopping or the time budget ends training
     patience: int
     max_train_minutes: float
     refit_epochs: int

@@ -16,8 +16,10 @@ sums the run up, with `notes`: what the trainer decided that a person should kno
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -80,10 +82,14 @@ class Runtime:
 
     def rank0_says(self, flag: bool) -> bool:
         """Rank 0's flag, on every rank."""
-        value = torch.tensor([float(flag)], device=self.device)
+        return bool(self.rank0_value(float(flag)))
+
+    def rank0_value(self, value: float) -> float:
+        """Rank 0's number, on every rank."""
+        tensor = torch.tensor([float(value)], dtype=torch.float64, device=self.device)
         if self.ddp:
-            dist.broadcast(value, src=0)
-        return bool(value.item())
+            dist.broadcast(tensor, src=0)
+        return float(tensor.item())
 
     def close(self) -> None:
         if self.ddp:
@@ -100,6 +106,7 @@ class TrainState:
     bad_epochs: int = 0  # epochs since the best
     stopped: bool = False  # the training phase is over
     refit_done: int = 0  # refit epochs done
+    planned_epochs: int = 0  # training epochs the learning rate decays over (0: not planned yet; see plan_epochs)
     init: str = "scratch"
     notes: list[str] = field(default_factory=list)  # for people (result.json)
 
@@ -109,6 +116,33 @@ class TrainState:
 
     def best_val(self) -> float | None:
         return None if self.best_ndcg < 0 else self.best_ndcg
+
+
+WARMUP_STEPS = 100  # at most: never longer than the first epoch
+FINAL_LR_SHARE = 0.1  # the cosine decay ends at this share of cfg.lr
+
+
+def learning_rate(cfg: TrainConfig, step: int, steps_per_epoch: int, planned_epochs: int) -> float:
+    """The learning rate of optimizer step `step` (0-based) of the training phase: a linear warm-up over the first
+    epoch's first WARMUP_STEPS steps, then, with lr_schedule "cosine", a cosine decay from cfg.lr to
+    FINAL_LR_SHARE x cfg.lr at the end of the planned epochs (cfg.lr is held while none are planned)."""
+    warmup = max(1, min(WARMUP_STEPS, steps_per_epoch))
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    if cfg.lr_schedule == "constant" or planned_epochs <= 0:
+        return cfg.lr
+    progress = min(1.0, (step - warmup) / max(1, planned_epochs * steps_per_epoch - 1 - warmup))
+    return cfg.lr * (FINAL_LR_SHARE + (1 - FINAL_LR_SHARE) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def plan_epochs(cfg: TrainConfig, epochs_done: int, epochs_timed: int, seconds_timed: float) -> int:
+    """How many training epochs the schedule decays over: the explicit limit `epochs`, or fewer when the time budget
+    (max_train_minutes; `epochs_timed` epochs, validation included, took `seconds_timed` in this process) ends
+    training first. Early stopping may still end it sooner."""
+    pace = seconds_timed / max(1, epochs_timed)
+    remaining = cfg.max_train_minutes * 60 - seconds_timed
+    fit_in_budget = epochs_done + max(0, math.ceil(remaining / pace)) if pace > 0 else epochs_done
+    return min(cfg.epochs, fit_in_budget) if cfg.epochs else fit_in_budget
 
 
 def validate(model: SeqRecModel, fs: FeatureSet, protocol: Protocol, max_users: int = 5000) -> dict[str, float]:
@@ -207,7 +241,7 @@ class Trainer:
             self.model = DDP(self.raw_model, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None)
         self.negatives = self.negative_sampler()
         self.progress = Progress(cfg.progress_file if rt.master else None)
-        self.tracking, self.started = None, time.time()
+        self.tracking, self.started, self.refit_lr = None, time.time(), cfg.lr
 
     def training_examples(self, ends: np.ndarray) -> TrainingExamples:
         examples = TrainingExamples(self.fs, self.cfg, self.scaler, ends, self.protocol.name)
@@ -273,7 +307,8 @@ class Trainer:
         self.tracking, self.started = tracking, time.time()
         if tracking is not None and self.state.epoch == 0:
             self.log_params()
-        self.fit("train", self.examples, 0 if self.state.stopped else self.cfg.epochs)
+        if not self.state.stopped:
+            self.fit("train", self.examples, self.cfg.epochs)
         self.state.stopped = True
         if self.rt.master:
             self.checkpoints.save("last", self.raw_model, self.state, self.optimizer)
@@ -281,15 +316,18 @@ class Trainer:
         if self.rt.master:
             self.finish(time.time() - self.started)
 
-    def fit(self, phase: str, examples: TrainingExamples, epochs: int) -> None:
+    def fit(self, phase: str, examples: TrainingExamples, epochs: int | None) -> None:
         """The epochs of a phase not done yet (a resumed run skips the others). "train" validates after each
-        epoch, keeps best.pt and stops early (patience) or when the time budget is spent; "refit" runs all its
-        epochs, each ending in final.pt. Every epoch ends in last.pt."""
+        epoch, keeps best.pt and stops early (patience), when the time budget is spent or after `epochs` (None: no
+        limit); "refit" runs all its epochs, each ending in final.pt. Every epoch ends in last.pt."""
         loader = self.loader(examples)
         done = self.state.epoch if phase == "train" else self.state.refit_done
-        for i in range(done, epochs):
+        for i in range(done, epochs) if epochs else itertools.count(done):
             metrics = self.train_epoch(loader, phase, i, epochs)
-            if phase == "refit":
+            if phase == "train":
+                plan = plan_epochs(self.cfg, i + 1, i + 1 - done, time.time() - self.started)
+                self.state.planned_epochs = int(self.rt.rank0_value(plan))
+            else:
                 self.state.refit_done = i + 1
             if self.rt.master:
                 self.end_epoch(phase, i, epochs, metrics)
@@ -298,19 +336,24 @@ class Trainer:
 
     def train_epoch(self, loader: DataLoader, phase: str, i: int, epochs: int) -> dict[str, float]:
         if isinstance(loader.sampler, DistributedSampler):  # a new order each epoch; the refit's follow training's
-            loader.sampler.set_epoch(i if phase == "train" else self.cfg.epochs + i)
+            loader.sampler.set_epoch(i if phase == "train" else self.state.epoch + i)
         self.model.train()
-        self.progress.update(phase=phase, epoch=i + 1, epochs=epochs, batch=0, batches=len(loader),
+        planned = epochs if phase == "refit" else self.state.planned_epochs or epochs
+        self.progress.update(phase=phase, epoch=i + 1, epochs=planned, batch=0, batches=len(loader),
                              sequences_per_s=0.0, best_val_ndcg_10=self.state.best_val())
         started, seen, totals = time.time(), 0, np.zeros(2)
         for number, batch in enumerate(loader, 1):
+            lr = self.refit_lr if phase == "refit" else learning_rate(
+                self.cfg, i * len(loader) + number - 1, len(loader), self.state.planned_epochs)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
             losses = self.step(batch)
             seen += len(batch["items"]) * self.rt.world
             totals += [losses["rec_loss"].item(), losses["ltv_loss"].item()]
             self.progress.update(batch=number, sequences_per_s=seen / (time.time() - started))
         seconds, n_batches = time.time() - started, max(1, len(loader))
         metrics = {"rec_loss": totals[0] / n_batches, "ltv_loss": totals[1] / n_batches, "epoch_seconds": seconds,
-                   "sequences_per_s": seen / seconds}
+                   "sequences_per_s": seen / seconds, "lr": self.optimizer.param_groups[0]["lr"]}
         if self.rt.device.type == "cuda":
             metrics["peak_gpu_mb"] = torch.cuda.max_memory_allocated(self.rt.device) / 2**20
         return metrics
@@ -339,7 +382,8 @@ class Trainer:
             metrics = {f"refit_{k}": v for k, v in metrics.items()}
             label, step = "refit epoch", self.state.epoch + i + 1
         self.checkpoints.save("last", self.raw_model, self.state, self.optimizer)
-        print(f"{label} {i + 1}/{epochs}: " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()), flush=True)
+        planned = epochs if phase == "refit" else self.state.planned_epochs
+        print(f"{label} {i + 1}/{planned}: " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()), flush=True)
         if self.tracking is not None:
             self.tracking.log_metrics(metrics, step=step)
         self.progress.update(force=True, best_val_ndcg_10=self.state.best_val())
@@ -367,8 +411,11 @@ class Trainer:
                        f"{state.best_epoch} (patience {cfg.patience})")
             return True
         if (time.time() - self.started) / 60 > cfg.max_train_minutes:
-            state.note(f"training stopped after epoch {state.epoch} of {cfg.epochs}: the time budget of "
-                       f"{cfg.max_train_minutes:g} minutes (max_train_minutes) is spent")
+            state.note(f"training stopped after epoch {state.epoch}: the time budget of {cfg.max_train_minutes:g} "
+                       "minutes (max_train_minutes) is spent")
+            return True
+        if cfg.epochs and state.epoch >= cfg.epochs:
+            state.note(f"training stopped after epoch {state.epoch}: the limit of {cfg.epochs} epochs (epochs)")
             return True
         return False
 
@@ -383,6 +430,9 @@ class Trainer:
         if self.state.refit_done == 0:  # (a resumed refit has its weights and optimizer from last.pt)
             self.raw_model.load_state_dict(self.checkpoints.load("best", self.rt.device)["model"])
             self.optimizer = self.new_optimizer()
+        steps = len(self.loader(self.examples))  # the training phase's steps per epoch
+        # the schedule's rate where the best epoch ended, held
+        self.refit_lr = learning_rate(self.cfg, self.state.best_epoch * steps - 1, steps, self.state.planned_epochs)
         self.fit("refit", self.training_examples(self.protocol.valid_end), self.cfg.refit_epochs)
 
     def log_params(self) -> None:

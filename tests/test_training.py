@@ -70,10 +70,27 @@ def result(run_dir: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def trained(features_run, tmp_path_factory) -> Path:
-    """A model trained by one process for 3 epochs."""
+    """A model trained by one process for 3 epochs; its printed output in train.out."""
     run_dir = clone(features_run, tmp_path_factory.mktemp("trained"), "one")
-    finish(train(run_dir, 1))
+    (run_dir / "train.out").write_text(finish(train(run_dir, 1)))
     return run_dir
+
+
+def test_the_learning_rate_warms_up_then_decays_over_the_epochs_limit(trained):
+    import re
+
+    rates = [float(r) for r in re.findall(r"^epoch \d+/3: .*\blr=([-\d.e+]+)", (trained / "train.out").read_text(),
+                                          re.MULTILINE)]
+    assert len(rates) == 3 and rates[0] > rates[1] > rates[2], rates  # each epoch's last step
+    assert rates[2] == pytest.approx(0.1 * 2e-3, rel=0.05)  # the end of the plan: FINAL_LR_SHARE of lr
+
+
+def test_without_an_epochs_limit_the_time_budget_ends_training(features_run, tmp_path):
+    run_dir = clone(features_run, tmp_path, "budget", tracked=False, epochs=None, max_train_minutes=0.001,
+                    refit_epochs=0)
+    out = finish(train(run_dir, 1))
+    assert result(run_dir)["epochs_run"] == 1, out[-2000:]
+    assert any("time budget" in note for note in result(run_dir)["notes"])
 
 
 def test_two_gloo_processes_match_one(features_run, trained, tmp_path):
