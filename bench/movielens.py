@@ -6,7 +6,8 @@
 Runs `ltvrec run --source movielens` (its defaults: leave_one_out, sequence length 200, full softmax) in a
 temporary LTVREC_HOME and prints one JSON object with every model's NDCG/HR@10 and @20, the published
 SASRec reference (full cross-entropy, full ranking, seen items filtered: NDCG@10 0.182, HR@10 0.315 --
-Klenitskiy & Vasilev, RecSys 2023), seconds per epoch, sequences per second and stage timings.
+Klenitskiy & Vasilev, RecSys 2023), seconds per epoch, sequences per second, the validation curve (time to
+quality) and stage timings.
 `--shape-only` writes a ratings.dat/movies.dat pair with ML-1M's shape (6,040 users, 3,706 movies, ~1M
 ratings, heavy-tailed user lengths, sequential structure) so the run time can be measured where the real
 data is not available; its quality numbers mean nothing.

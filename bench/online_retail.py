@@ -4,7 +4,8 @@
 
 Runs the whole DAG once per protocol (state in a temporary LTVREC_HOME) and prints one JSON object:
 per protocol, NDCG/HR/Recall/MRR/coverage at 10 and 20 for every model, LTV metrics, training seconds per
-epoch and sequences per second (from the MLflow run), and stage timings.
+epoch and sequences per second (from the MLflow run), the validation curve (epoch, training seconds so far,
+validation NDCG@10) and stage timings.
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ def run_source(source: str, path: str, protocol: str | None, home: Path, conf: s
     import mlflow
 
     mlflow.set_tracking_uri(f"sqlite:///{home}/mlflow.db")
-    history = mlflow.MlflowClient().get_metric_history(summary["mlflow_run_id"], "epoch_seconds")
-    speed = mlflow.MlflowClient().get_metric_history(summary["mlflow_run_id"], "sequences_per_s")
+    client = mlflow.MlflowClient()
+    history = client.get_metric_history(summary["mlflow_run_id"], "epoch_seconds")
+    speed = client.get_metric_history(summary["mlflow_run_id"], "sequences_per_s")
     return {
         "wall_seconds": round(time.time() - started, 1),
         "recommendation": {k: v for k, v in summary["metrics"]["recommendation"].items()},
@@ -46,8 +48,21 @@ def run_source(source: str, path: str, protocol: str | None, home: Path, conf: s
         "best_epoch": summary["training"]["best_epoch"],
         "seconds_per_epoch": round(sum(m.value for m in history) / max(len(history), 1), 2),
         "sequences_per_second": round(sum(m.value for m in speed) / max(len(speed), 1), 1),
+        "validation_curve": validation_curve(client, summary["mlflow_run_id"]),
         "timings_s": summary["timings_s"],
     }
+
+
+def validation_curve(client, run_id: str) -> list[dict]:
+    """Time to quality: each training epoch's validation NDCG@10 and the seconds of training epochs by its end
+    (validation itself not counted)."""
+    seconds = {m.step: m.value for m in client.get_metric_history(run_id, "epoch_seconds")}
+    ndcg = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "val_ndcg_10"))
+    curve, spent = [], 0.0
+    for epoch, value in ndcg:
+        spent += seconds.get(epoch, 0.0)
+        curve.append({"epoch": epoch, "train_seconds": round(spent, 1), "val_ndcg_10": round(value, 4)})
+    return curve
 
 
 def main() -> None:
