@@ -122,13 +122,19 @@ WARMUP_STEPS = 100  # at most: never longer than the first epoch
 FINAL_LR_SHARE = 0.1  # the cosine decay ends at this share of cfg.lr
 
 
+def warmed_up(step: int, steps_per_epoch: int) -> float:
+    """The share of the peak rate at optimizer step `step` (0-based) of a fresh optimizer: linear over the first
+    epoch's first WARMUP_STEPS steps, then 1."""
+    return min(1.0, (step + 1) / max(1, min(WARMUP_STEPS, steps_per_epoch)))
+
+
 def learning_rate(cfg: TrainConfig, step: int, steps_per_epoch: int, planned_epochs: int) -> float:
-    """The learning rate of optimizer step `step` (0-based) of the training phase: a linear warm-up over the first
-    epoch's first WARMUP_STEPS steps, then, with lr_schedule "cosine", a cosine decay from cfg.lr to
-    FINAL_LR_SHARE x cfg.lr at the end of the planned epochs (cfg.lr is held while none are planned)."""
+    """The learning rate of optimizer step `step` (0-based) of the training phase: the warm-up, then, with
+    lr_schedule "cosine", a cosine decay from cfg.lr to FINAL_LR_SHARE x cfg.lr at the end of the planned epochs
+    (cfg.lr is held while none are planned)."""
     warmup = max(1, min(WARMUP_STEPS, steps_per_epoch))
     if step < warmup:
-        return cfg.lr * (step + 1) / warmup
+        return cfg.lr * warmed_up(step, steps_per_epoch)
     if cfg.lr_schedule == "constant" or planned_epochs <= 0:
         return cfg.lr
     progress = min(1.0, (step - warmup) / max(1, planned_epochs * steps_per_epoch - 1 - warmup))
@@ -343,10 +349,10 @@ class Trainer:
                              sequences_per_s=0.0, best_val_ndcg_10=self.state.best_val())
         started, seen, totals = time.time(), 0, np.zeros(2)
         for number, batch in enumerate(loader, 1):
-            lr = self.refit_lr if phase == "refit" else learning_rate(
-                self.cfg, i * len(loader) + number - 1, len(loader), self.state.planned_epochs)
+            step = i * len(loader) + number - 1
             for group in self.optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = (self.refit_lr * warmed_up(step, len(loader)) if phase == "refit"
+                               else learning_rate(self.cfg, step, len(loader), self.state.planned_epochs))
             losses = self.step(batch)
             seen += len(batch["items"]) * self.rt.world
             totals += [losses["rec_loss"].item(), losses["ltv_loss"].item()]
@@ -431,7 +437,7 @@ class Trainer:
             self.raw_model.load_state_dict(self.checkpoints.load("best", self.rt.device)["model"])
             self.optimizer = self.new_optimizer()
         steps = len(self.loader(self.examples))  # the training phase's steps per epoch
-        # the schedule's rate where the best epoch ended, held
+        # the schedule's rate where the best epoch ended, after the same warm-up (the optimizer starts afresh)
         self.refit_lr = learning_rate(self.cfg, self.state.best_epoch * steps - 1, steps, self.state.planned_epochs)
         self.fit("refit", self.training_examples(self.protocol.valid_end), self.cfg.refit_epochs)
 
