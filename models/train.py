@@ -242,6 +242,8 @@ class Trainer:
         self.optimizer = self.new_optimizer()
         self.checkpoints = Checkpointer(self.out_dir, cfg, self.fs, self.scaler)
         self.warm_start_or_resume()
+        # an explicit limit plans the decay from the first step; the time budget may shorten the plan later
+        self.state.planned_epochs = self.state.planned_epochs or (cfg.epochs or 0)
         self.model = self.raw_model
         if rt.ddp:
             self.model = DDP(self.raw_model, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None)
@@ -421,7 +423,7 @@ class Trainer:
                        "minutes (max_train_minutes) is spent")
             return True
         if cfg.epochs and state.epoch >= cfg.epochs:
-            state.note(f"training stopped after epoch {state.epoch}: the limit of {cfg.epochs} epochs (epochs)")
+            state.note(f"training stopped after epoch {state.epoch}: the epochs limit ({cfg.epochs})")
             return True
         return False
 
