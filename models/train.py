@@ -342,7 +342,7 @@ class Trainer:
             if phase == "train" and self.rt.rank0_says(self.rt.master and self.should_stop()):
                 break
 
-    def train_epoch(self, loader: DataLoader, phase: str, i: int, epochs: int) -> dict[str, float]:
+    def train_epoch(self, loader: DataLoader, phase: str, i: int, epochs: int | None) -> dict[str, float]:
         if isinstance(loader.sampler, DistributedSampler):  # a new order each epoch; the refit's follow training's
             loader.sampler.set_epoch(i if phase == "train" else self.state.epoch + i)
         self.model.train()
@@ -380,7 +380,7 @@ class Trainer:
         self.optimizer.step()
         return losses
 
-    def end_epoch(self, phase: str, i: int, epochs: int, metrics: dict[str, float]) -> None:
+    def end_epoch(self, phase: str, i: int, epochs: int | None, metrics: dict[str, float]) -> None:
         """Rank 0: validate (training phase) and checkpoint, then one printed line, MLflow and the progress file."""
         if phase == "train":
             metrics |= self.validate_epoch(i)
