@@ -122,19 +122,13 @@ WARMUP_STEPS = 100  # at most: never longer than the first epoch
 FINAL_LR_SHARE = 0.1  # the cosine decay ends at this share of cfg.lr
 
 
-def warmed_up(step: int, steps_per_epoch: int) -> float:
-    """The share of the peak rate at optimizer step `step` (0-based) of a fresh optimizer: linear over the first
-    epoch's first WARMUP_STEPS steps, then 1."""
-    return min(1.0, (step + 1) / max(1, min(WARMUP_STEPS, steps_per_epoch)))
-
-
 def learning_rate(cfg: TrainConfig, step: int, steps_per_epoch: int, planned_epochs: int) -> float:
-    """The learning rate of optimizer step `step` (0-based) of the training phase: the warm-up, then, with
-    lr_schedule "cosine", a cosine decay from cfg.lr to FINAL_LR_SHARE x cfg.lr at the end of the planned epochs
-    (cfg.lr is held while none are planned)."""
+    """The learning rate of optimizer step `step` (0-based) of the training phase: a linear warm-up over the first
+    epoch's first WARMUP_STEPS steps, then, with lr_schedule "cosine", a cosine decay from cfg.lr to
+    FINAL_LR_SHARE x cfg.lr at the end of the planned epochs (cfg.lr is held while none are planned)."""
     warmup = max(1, min(WARMUP_STEPS, steps_per_epoch))
     if step < warmup:
-        return cfg.lr * warmed_up(step, steps_per_epoch)
+        return cfg.lr * (step + 1) / warmup
     if cfg.lr_schedule == "constant" or planned_epochs <= 0:
         return cfg.lr
     progress = min(1.0, (step - warmup) / max(1, planned_epochs * steps_per_epoch - 1 - warmup))
@@ -249,7 +243,7 @@ class Trainer:
             self.model = DDP(self.raw_model, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None)
         self.negatives = self.negative_sampler()
         self.progress = Progress(cfg.progress_file if rt.master else None)
-        self.tracking, self.started, self.refit_lr = None, time.time(), cfg.lr
+        self.tracking, self.started = None, time.time()
 
     def training_examples(self, ends: np.ndarray) -> TrainingExamples:
         examples = TrainingExamples(self.fs, self.cfg, self.scaler, ends, self.protocol.name)
@@ -353,7 +347,8 @@ class Trainer:
         for number, batch in enumerate(loader, 1):
             step = i * len(loader) + number - 1
             for group in self.optimizer.param_groups:
-                group["lr"] = (self.refit_lr * warmed_up(step, len(loader)) if phase == "refit"
+                # the refit: a fresh optimizer at the peak rate for its whole epochs, as before the schedule
+                group["lr"] = (self.cfg.lr if phase == "refit"
                                else learning_rate(self.cfg, step, len(loader), self.state.planned_epochs))
             losses = self.step(batch)
             seen += len(batch["items"]) * self.rt.world
@@ -438,9 +433,6 @@ class Trainer:
         if self.state.refit_done == 0:  # (a resumed refit has its weights and optimizer from last.pt)
             self.raw_model.load_state_dict(self.checkpoints.load("best", self.rt.device)["model"])
             self.optimizer = self.new_optimizer()
-        steps = len(self.loader(self.examples))  # the training phase's steps per epoch
-        # the schedule's rate where the best epoch ended, after the same warm-up (the optimizer starts afresh)
-        self.refit_lr = learning_rate(self.cfg, self.state.best_epoch * steps - 1, steps, self.state.planned_epochs)
         self.fit("refit", self.training_examples(self.protocol.valid_end), self.cfg.refit_epochs)
 
     def log_params(self) -> None:
