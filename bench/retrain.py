@@ -6,7 +6,8 @@ Takes RUN_FOLDER/train/config.json (the trainer config the run's train stage wro
 (VALUE as JSON, else as a string), trains under torchrun in a fresh folder (nothing of the run is touched, nothing is
 logged to MLflow) and prints one JSON object: the knobs changed, wall seconds, the trainer's result (epochs, best
 epoch, best validation NDCG@10, notes), each epoch's printed line, and test NDCG/HR@10 of best.pt (before the refit)
-and final.pt (after it). Decide by the validation figures; the test figures are for information.
+and final.pt (after it), as bench/train_speed.py measures them. Decide by the validation figures; the test
+figures are for information.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # models/, for the evaluation
+from train_speed import test_metrics  # noqa: E402  (a script's own folder, bench/, is on its path)
 
 
 def knob(text: str) -> tuple[str, object]:
@@ -30,17 +33,6 @@ def knob(text: str) -> tuple[str, object]:
         return key, json.loads(value)
     except json.JSONDecodeError:
         return key, value
-
-
-def test_metrics(features: Path, protocol: str, checkpoint: Path) -> dict:
-    sys.path.insert(0, str(ROOT))
-    from models.checkpoint import LoadedModel
-    from models.data import FeatureSet, Protocol
-    from models.evaluate import evaluate_recommendations
-
-    fs = FeatureSet.load(features)
-    rec, _ = evaluate_recommendations(fs, LoadedModel.from_file(checkpoint), Protocol.build(fs, protocol))
-    return {k: round(v, 4) for k, v in rec["model"].items() if k in ("ndcg_10", "hr_10")}
 
 
 def main() -> None:
@@ -69,8 +61,8 @@ def main() -> None:
         "wall_seconds": round(time.time() - started, 1),
         "result": {k: result[k] for k in ("epochs_run", "best_epoch", "best_val_ndcg_10", "refit_epochs", "notes")},
         "epochs": [line for line in proc.stdout.splitlines() if re.match(r"(refit )?epoch \d+/", line)],
-        "test_best": test_metrics(features, config["eval_protocol"], out / "best.pt"),
-        "test_final": test_metrics(features, config["eval_protocol"], out / "final.pt"),
+        "test_best": test_metrics(features, out / "best.pt", config["eval_protocol"])["model"],
+        "test_final": test_metrics(features, out / "final.pt", config["eval_protocol"])["model"],
     }, indent=2))
 
 

@@ -95,13 +95,14 @@ def train(run_dir: Path, epochs: int, nproc: int) -> dict:
             "peak_rss_mb_largest_process": round(peak_kb / 1024, 1)}
 
 
-def test_metrics(run_dir: Path) -> dict:
+def test_metrics(features: Path, checkpoint: Path, protocol: str = "leave_one_out") -> dict:
+    """NDCG/HR@10 on the test window of every model the evaluation stage compares, `checkpoint` being ours."""
     from models.checkpoint import LoadedModel
     from models.data import FeatureSet, Protocol
     from models.evaluate import evaluate_recommendations
 
-    fs = FeatureSet.load(run_dir / "features")
-    rec, _ = evaluate_recommendations(fs, LoadedModel.from_file(run_dir / "train" / "final.pt"), Protocol.build(fs, "leave_one_out"))
+    fs = FeatureSet.load(features)
+    rec, _ = evaluate_recommendations(fs, LoadedModel.from_file(checkpoint), Protocol.build(fs, protocol))
     return {m: {k: round(v, 4) for k, v in vals.items() if k in ("ndcg_10", "hr_10", "n_test_users")} for m, vals in rec.items()}
 
 
@@ -184,7 +185,7 @@ def main() -> None:
         out["data"] = dataset_stats(run_dir)
         out["ltvrec"] = train(run_dir, args.epochs, args.nproc)
         out["ltvrec"]["targets_per_s"] = round(out["data"]["training_targets"] / min(out["ltvrec"]["seconds_per_epoch"]), 1)
-        out["ltvrec"]["test"] = test_metrics(run_dir)
+        out["ltvrec"]["test"] = test_metrics(run_dir / "features", run_dir / "train" / "final.pt")
         if args.recbole:
             rb = recbole(export_interactions(run_dir, Path(home) / "interactions.parquet"), args.epochs,
                          cfg.max_seq_len, cfg.d_model, cfg.batch_size, args.recbole_max_batches)

@@ -336,12 +336,16 @@ class Trainer:
             if phase == "train" and self.rt.rank0_says(self.rt.master and self.should_stop()):
                 break
 
+    def planned(self, phase: str, epochs: int | None) -> int | None:
+        """The epochs of the phase as planned now: the refit's count, or the training plan (None before one)."""
+        return epochs if phase == "refit" else self.state.planned_epochs or None
+
     def train_epoch(self, loader: DataLoader, phase: str, i: int, epochs: int | None) -> dict[str, float]:
         if isinstance(loader.sampler, DistributedSampler):  # a new order each epoch; the refit's follow training's
             loader.sampler.set_epoch(i if phase == "train" else self.state.epoch + i)
         self.model.train()
-        planned = epochs if phase == "refit" else self.state.planned_epochs or epochs
-        self.progress.update(phase=phase, epoch=i + 1, epochs=planned, batch=0, batches=len(loader),
+        self.progress.update(phase=phase, epoch=i + 1, epochs=self.planned(phase, epochs), batch=0,
+                             batches=len(loader),
                              sequences_per_s=0.0, best_val_ndcg_10=self.state.best_val())
         started, seen, totals = time.time(), 0, np.zeros(2)
         for number, batch in enumerate(loader, 1):
@@ -385,8 +389,8 @@ class Trainer:
             metrics = {f"refit_{k}": v for k, v in metrics.items()}
             label, step = "refit epoch", self.state.epoch + i + 1
         self.checkpoints.save("last", self.raw_model, self.state, self.optimizer)
-        planned = epochs if phase == "refit" else self.state.planned_epochs
-        print(f"{label} {i + 1}/{planned}: " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()), flush=True)
+        values = " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+        print(f"{label} {i + 1}/{self.planned(phase, epochs)}: {values}", flush=True)
         if self.tracking is not None:
             self.tracking.log_metrics(metrics, step=step)
         self.progress.update(force=True, best_val_ndcg_10=self.state.best_val())
