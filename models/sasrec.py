@@ -58,11 +58,13 @@ def time_gap_buckets(ts: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+    """Pre-norm transformer block: x + attn(ln(x)), then x + mlp(ln(x)). Dropout acts on the attention's and the
+    MLP's outputs, not on the attention weights: dropping weights forces PyTorch's unfused attention on CPU, which
+    made a MovieLens-1M-shaped training step a quarter slower (docs/benchmarks.md)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.n_heads, self.dropout = cfg.n_heads, cfg.dropout
+        self.n_heads = cfg.n_heads
         self.ln1, self.ln2 = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
@@ -83,7 +85,7 @@ class Block(nn.Module):
         else:
             q, k, v = self.qkv(h).split(d, dim=2)
         q, k, v = (t.reshape(b, t.shape[1], self.n_heads, d // self.n_heads).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         x = x + self.drop(self.proj(y.transpose(1, 2).reshape(b, x.shape[1], d)))
         return x + self.mlp(self.ln2(x))
 
@@ -205,60 +207,56 @@ def full_softmax_loss(hidden: torch.Tensor, targets: torch.Tensor, item_vectors:
     """Mean cross-entropy of softmax(hidden @ item_vectors.T) over the catalogue (item 0, padding, excluded).
 
     The same value and gradients as F.cross_entropy(item_logits(hidden), targets), computed in chunks of rows
-    that stay in the CPU cache, with the softmax gradient written in place (docs/benchmarks.md has the speed-up); it
-    never holds the full (positions x items) logits: they are recomputed in the backward pass instead of kept.
-    `chunk_rows`: default 256 on CPU (a chunk's logits stay in cache), 8192 on GPUs (fewer, larger kernels).
+    that stay in the CPU cache; it never holds the full (positions x items) logits. When gradients are wanted they
+    are computed in the forward pass, from each chunk's logits while they are at hand (softmax - one-hot), so the
+    logits are computed and exponentiated once, not again in the backward pass (docs/benchmarks.md has the speed-ups).
+    `chunk_rows`: default 128 on CPU, 8192 on GPUs (fewer, larger kernels).
     """
     if chunk_rows is None:
-        chunk_rows = 256 if hidden.device.type == "cpu" else 8192
+        chunk_rows = 128 if hidden.device.type == "cpu" else 8192
     return _ChunkedSoftmaxCE.apply(hidden, item_vectors, targets, chunk_rows)
 
 
 class _ChunkedSoftmaxCE(torch.autograd.Function):
-    @staticmethod
-    def _logits(hidden: torch.Tensor, item_vectors: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        logits = hidden.to(dtype) @ item_vectors.to(dtype).T
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-        logits[:, 0] = float("-inf")
-        return logits
-
     @staticmethod
     def forward(ctx, hidden, item_vectors, targets, chunk_rows):
         # under autocast (bf16 on GPU) the matmuls run in the autocast dtype; the softmax in float32 at least
         device_type = hidden.device.type
         dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else hidden.dtype
         n, acc = len(targets), torch.promote_types(hidden.dtype, torch.float32)
-        lse = torch.empty(n, dtype=acc, device=hidden.device)
+        want_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         total = torch.zeros((), dtype=acc, device=hidden.device)
+        weights = item_vectors.to(dtype)
+        if want_grad:
+            grad_hidden = torch.empty_like(hidden)
+            grad_items = torch.zeros(item_vectors.shape, dtype=acc, device=item_vectors.device)
+            rows = torch.arange(min(n, chunk_rows), device=hidden.device)
         with torch.autocast(device_type, enabled=False):
             for s in range(0, n, chunk_rows):
-                logits = _ChunkedSoftmaxCE._logits(hidden[s:s + chunk_rows], item_vectors, dtype)
-                lse[s:s + chunk_rows] = torch.logsumexp(logits, dim=1)
-                picked = logits.gather(1, targets[s:s + chunk_rows, None]).squeeze(1)
-                total += (lse[s:s + chunk_rows] - picked).sum()
-        ctx.save_for_backward(hidden, item_vectors, targets, lse)
-        ctx.chunk_rows, ctx.dtype = chunk_rows, dtype
-        return total / max(n, 1)
+                h, t = hidden[s:s + chunk_rows].to(dtype), targets[s:s + chunk_rows]
+                logits = (h @ weights.T).to(acc)
+                logits[:, 0] = float("-inf")
+                peak = logits.amax(dim=1, keepdim=True)
+                picked = logits.gather(1, t[:, None]).squeeze(1)
+                exp = logits.sub_(peak).exp_()  # in place: one pass over the chunk's logits
+                norm = exp.sum(dim=1)
+                total += (peak.squeeze(1) + torch.log(norm) - picked).sum()
+                if want_grad:  # d loss / d logits = softmax - one-hot (the 1/n comes in backward)
+                    grad = exp.div_(norm[:, None])
+                    grad[rows[:len(h)], t] -= 1.0
+                    grad = grad.to(dtype)
+                    grad_hidden[s:s + chunk_rows] = grad @ weights
+                    grad_items += grad.T @ h
+        if want_grad:
+            ctx.save_for_backward(grad_hidden, grad_items)
+        ctx.n, ctx.item_dtype = max(n, 1), item_vectors.dtype
+        return total / ctx.n
 
     @staticmethod
     def backward(ctx, grad_out):
-        hidden, item_vectors, targets, lse = ctx.saved_tensors
-        n, dtype = len(targets), ctx.dtype
-        grad_hidden = torch.empty_like(hidden)
-        grad_items = torch.zeros(item_vectors.shape, dtype=lse.dtype, device=item_vectors.device)
-        scale = grad_out.to(lse.dtype) / max(n, 1)
-        rows = torch.arange(min(n, ctx.chunk_rows), device=hidden.device)
-        with torch.autocast(hidden.device.type, enabled=False):
-            for s in range(0, n, ctx.chunk_rows):
-                h = hidden[s:s + ctx.chunk_rows]
-                grad = _ChunkedSoftmaxCE._logits(h, item_vectors, dtype)  # d loss / d logits = softmax - one-hot
-                grad.sub_(lse[s:s + ctx.chunk_rows, None]).exp_()
-                grad[rows[:len(h)], targets[s:s + ctx.chunk_rows]] -= 1.0
-                grad.mul_(scale)
-                grad = grad.to(dtype)
-                grad_hidden[s:s + ctx.chunk_rows] = grad @ item_vectors.to(dtype)
-                grad_items += grad.T @ h.to(dtype)
-        return grad_hidden, grad_items.to(item_vectors.dtype), None, None
+        grad_hidden, grad_items = ctx.saved_tensors
+        scale = grad_out / ctx.n
+        return grad_hidden * scale.to(grad_hidden.dtype), (grad_items * scale).to(ctx.item_dtype), None, None
 
 
 def sampled_softmax_loss(hidden: torch.Tensor, targets: torch.Tensor, item_vectors: torch.Tensor,

@@ -245,3 +245,16 @@ def test_last_only_gives_the_last_position_of_the_full_pass():
         full, last = model.encode(x, t), model.encode(x, t, last_only=True)
     assert last.shape == (3, 1, 16)
     torch.testing.assert_close(last[:, -1], full[:, -1], rtol=1e-5, atol=1e-5)
+
+
+def test_chunked_full_softmax_without_gradients_gives_the_same_loss():
+    from models.sasrec import full_softmax_loss
+
+    torch.manual_seed(0)
+    hidden, items = torch.randn(10, 8, dtype=torch.float64), torch.randn(12, 8, dtype=torch.float64)
+    targets = torch.randint(1, 12, (10,))
+    with torch.no_grad():
+        loss = full_softmax_loss(hidden, targets, items, 4)
+    logits = hidden @ items.T
+    logits[:, 0] = float("-inf")
+    assert loss.item() == pytest.approx(torch.nn.functional.cross_entropy(logits, targets).item(), rel=1e-12)
