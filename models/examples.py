@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from models.config import TrainConfig
 from models.data import LTV_FEATURES, FeatureScaler, FeatureSet, epoch, pad_left
@@ -132,6 +132,14 @@ class TrainingExamples(Dataset):
     def __len__(self) -> int:
         return max(len(self.items), self.n_customers)
 
+    def chunk_lengths(self) -> np.ndarray:
+        """Events in each example's next-item chunk (its padding excluded), by example index."""
+        return (self.items != 0).sum(dim=1).numpy()[np.arange(len(self)) % len(self.items)]
+
+    def targets_per_example(self) -> float:
+        """Next-item targets of an example on average over the examples (the loss's unit, see models/train.py)."""
+        return float((self.targets != 0).sum(dim=1).numpy()[np.arange(len(self)) % len(self.items)].mean())
+
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         r, j = i % len(self.items), i % len(self.ltv["ltv_label"])
         example = {key: values[j] for key, values in self.ltv.items()}
@@ -139,6 +147,47 @@ class TrainingExamples(Dataset):
         if self.ts is not None:
             example["ts"] = self.ts[r]
         return example
+
+
+class LengthBatches(Sampler[list[int]]):
+    """Batches of examples whose next-item chunks have similar lengths, so a batch trimmed of its common leading
+    padding (trim_padding) costs what its events cost, not what max_seq_len costs. Each epoch shuffles the
+    examples, sorts each window of `window` batches by length, cuts it into batches, and shuffles the batches: every
+    batch is a random draw of one length band, and the bands come in random order. With several processes each
+    batch is global: process `rank` gets its share (every world-th example) of the same batches."""
+
+    def __init__(self, lengths: np.ndarray, batch_size: int, rank: int, world: int, seed: int, window: int = 50):
+        self.lengths, self.rank, self.world, self.seed, self.window = lengths, rank, world, seed, window
+        self.batch_size = max(1, batch_size // world) * world  # global, a multiple of the world size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return -(-self._padded_size() // self.batch_size)
+
+    def _padded_size(self) -> int:
+        return -(-len(self.lengths) // self.world) * self.world  # every process gets the same number of examples
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(len(self.lengths))
+        order = np.concatenate([order, order[:self._padded_size() - len(order)]])
+        batches, span = [], self.batch_size * self.window
+        for start in range(0, len(order), span):
+            part = order[start:start + span]
+            part = part[np.argsort(self.lengths[part], kind="stable")]
+            batches += [part[b:b + self.batch_size] for b in range(0, len(part), self.batch_size)]
+        for k in rng.permutation(len(batches)):
+            yield batches[k][self.rank::self.world].tolist()
+
+
+def trim_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The batch without the leading positions that are padding in every next-item chunk (models/sasrec.py's
+    encode reads the last L positions of max_len)."""
+    length = max(1, int((batch["items"] != 0).sum(dim=1).max()))
+    return batch | {key: batch[key][:, -length:] for key in ("items", "types", "targets", "ts") if key in batch}
 
 
 class NegativeSampler:

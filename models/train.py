@@ -31,12 +31,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from models.checkpoint import LoadedModel, warm_start
 from models.config import SAMPLED_SOFTMAX_ABOVE, TrainConfig
 from models.data import FeatureScaler, FeatureSet, Protocol
-from models.examples import NegativeSampler, TrainingExamples, fit_scaler
+from models.examples import LengthBatches, NegativeSampler, TrainingExamples, fit_scaler, trim_padding
 from models.metrics import ranking_metrics
 from models.ranking import model_topk
 from models.sasrec import ModelConfig, SeqRecModel
@@ -90,6 +90,20 @@ class Runtime:
         if self.ddp:
             dist.broadcast(tensor, src=0)
         return float(tensor.item())
+
+    @contextmanager
+    def node_cores(self):
+        """On CPU, this process uses all of the node's cores meanwhile: for rank 0's validation, while this node's
+        other processes wait for it."""
+        if self.device.type != "cpu":
+            yield
+            return
+        threads = torch.get_num_threads()
+        torch.set_num_threads(os.cpu_count() or threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(threads)
 
     def close(self) -> None:
         if self.ddp:
@@ -242,6 +256,7 @@ class Trainer:
         if rt.ddp:
             self.model = DDP(self.raw_model, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None)
         self.negatives = self.negative_sampler()
+        self.target_unit = 1.0  # set by loader()
         self.progress = Progress(cfg.progress_file if rt.master else None)
         self.tracking, self.started = None, time.time()
 
@@ -296,13 +311,12 @@ class Trainer:
                                self.rt.device)
 
     def loader(self, examples: TrainingExamples) -> DataLoader:
-        rt = self.rt
-        sampler = None
-        if rt.ddp:
-            sampler = DistributedSampler(examples, num_replicas=rt.world, rank=rt.rank, shuffle=True, seed=self.cfg.seed)
-        # the global batch is batch_size whatever the world size, so N processes follow 1 process's recipe
-        return DataLoader(examples, batch_size=max(1, self.cfg.batch_size // rt.world), shuffle=sampler is None,
-                          sampler=sampler)
+        """Batches of similar chunk lengths (LengthBatches); the global batch is batch_size whatever the world size,
+        so N processes follow 1 process's recipe. Sets target_unit, the targets of this loader's average batch."""
+        batches = LengthBatches(examples.chunk_lengths(), self.cfg.batch_size, self.rt.rank, self.rt.world,
+                                self.cfg.seed)
+        self.target_unit = examples.targets_per_example() * batches.batch_size / self.rt.world or 1.0
+        return DataLoader(examples, batch_sampler=batches)
 
     def run(self, tracking) -> None:
         """The training phase, then the refit; `tracking`: the mlflow module on rank 0 of a tracked run, else None."""
@@ -341,8 +355,8 @@ class Trainer:
         return epochs if phase == "refit" else self.state.planned_epochs or None
 
     def train_epoch(self, loader: DataLoader, phase: str, i: int, epochs: int | None) -> dict[str, float]:
-        if isinstance(loader.sampler, DistributedSampler):  # a new order each epoch; the refit's follow training's
-            loader.sampler.set_epoch(i if phase == "train" else self.state.epoch + i)
+        # a new order each epoch; the refit's follow training's
+        loader.batch_sampler.set_epoch(i if phase == "train" else self.state.epoch + i)
         self.model.train()
         self.progress.update(phase=phase, epoch=i + 1, epochs=self.planned(phase, epochs), batch=0,
                              batches=len(loader),
@@ -366,13 +380,16 @@ class Trainer:
         return metrics
 
     def step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """One optimizer step on a batch; returns the two losses."""
-        batch = {k: v.to(self.rt.device, non_blocking=True) for k, v in batch.items()}
+        """One optimizer step on a batch; returns the two losses (the next-item loss per target of the batch)."""
+        batch = trim_padding({k: v.to(self.rt.device, non_blocking=True) for k, v in batch.items()})
         if self.negatives is not None:
             batch |= self.negatives()
         with self.rt.autocast():
             losses = self.model(batch)
-        loss = losses["rec_loss"] + self.cfg.ltv_weight * losses["ltv_loss"]
+        # every target weighs the same, in a batch of short chunks as in one of long chunks: the batch's mean loss
+        # counts as many times as its targets are average batches' worth
+        targets_share = (batch["targets"] != 0).sum() / self.target_unit
+        loss = losses["rec_loss"] * targets_share + self.cfg.ltv_weight * losses["ltv_loss"]
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
@@ -396,8 +413,11 @@ class Trainer:
         self.progress.update(force=True, best_val_ndcg_10=self.state.best_val())
 
     def validate_epoch(self, i: int) -> dict[str, float]:
-        """Validation NDCG@10 of epoch i; keeps best.pt at a new best."""
-        val = validate(self.raw_model, self.fs, self.protocol)
+        """Validation NDCG@10 of epoch i (and the seconds it took); keeps best.pt at a new best."""
+        started = time.time()
+        with self.rt.node_cores():
+            val = validate(self.raw_model, self.fs, self.protocol)
+        seconds = time.time() - started
         ndcg, state = val.get("ndcg_10", 0.0), self.state
         state.epoch = i + 1
         if ndcg > state.best_ndcg:
@@ -408,7 +428,7 @@ class Trainer:
         if not val:
             state.note("no user has a new item in the validation window: validation NDCG@10 is 0 for every epoch, "
                        "so the first epoch's model is kept as the best")
-        return {f"val_{k}": v for k, v in val.items()}
+        return {f"val_{k}": v for k, v in val.items()} | {"val_seconds": seconds}
 
     def should_stop(self) -> bool:
         """Early stopping (patience) or the time budget, checked between epochs; the reason becomes a note."""
