@@ -41,6 +41,7 @@ def run_source(source: str, path: str, protocol: str | None, home: Path, conf: s
     history = client.get_metric_history(summary["mlflow_run_id"], "epoch_seconds")
     speed = client.get_metric_history(summary["mlflow_run_id"], "sequences_per_s")
     ndcg = client.get_metric_history(summary["mlflow_run_id"], "val_ndcg_10")
+    val_seconds = client.get_metric_history(summary["mlflow_run_id"], "val_seconds")
     return {
         "wall_seconds": round(time.time() - started, 1),
         "recommendation": {k: v for k, v in summary["metrics"]["recommendation"].items()},
@@ -49,19 +50,23 @@ def run_source(source: str, path: str, protocol: str | None, home: Path, conf: s
         "best_epoch": summary["training"]["best_epoch"],
         "seconds_per_epoch": round(sum(m.value for m in history) / max(len(history), 1), 2),
         "sequences_per_second": round(sum(m.value for m in speed) / max(len(speed), 1), 1),
-        "validation_curve": validation_curve(history, ndcg),
+        "validation_curve": validation_curve(history, ndcg, val_seconds),
         "timings_s": summary["timings_s"],
     }
 
 
-def validation_curve(epoch_seconds: list, val_ndcg: list) -> list[dict]:
-    """Time to quality, from the run's MLflow metric histories: each training epoch's validation NDCG@10 and the
-    seconds of training epochs by its end (validation itself not counted)."""
-    seconds = {m.step: m.value for m in epoch_seconds}
-    curve, spent = [], 0.0
+def validation_curve(epoch_seconds: list, val_ndcg: list, val_seconds: list = ()) -> list[dict]:
+    """Time to quality, from the run's MLflow metric histories: each training epoch's validation NDCG@10, the
+    seconds of training epochs by its end and, where the run logged its validations' seconds, those included."""
+    seconds, validating = {m.step: m.value for m in epoch_seconds}, {m.step: m.value for m in val_seconds}
+    curve, spent, spent_validating = [], 0.0, 0.0
     for epoch, value in sorted((m.step, m.value) for m in val_ndcg):
         spent += seconds.get(epoch, 0.0)
-        curve.append({"epoch": epoch, "train_seconds": round(spent, 1), "val_ndcg_10": round(value, 4)})
+        spent_validating += validating.get(epoch, 0.0)
+        point = {"epoch": epoch, "train_seconds": round(spent, 1), "val_ndcg_10": round(value, 4)}
+        if validating:
+            point["seconds_with_validation"] = round(spent + spent_validating, 1)
+        curve.append(point)
     return curve
 
 
