@@ -48,7 +48,9 @@ def features(features_dir: Path, eval_protocol: str) -> tuple[dict[str, pd.DataF
     ltv_window = pd.DataFrame({"history_days": [round((epoch(fs.split["end"]) - first_event) / 86400, 1)],
                                "customers_at_training_cutoff": [int((fs.ltv["cutoff"] == "train").sum())]})
     frames = {"sequences": seq, "ltv_features": fs.ltv, "training_window": window, "ltv_window": ltv_window}
-    return frames, {"n_items": fs.n_items - 1, "horizon_days": int(fs.split["horizon_days"])}
+    # no LTV row at any cut-off: nobody ever bought (ratings-only data such as MovieLens), the LTV head is skipped
+    return frames, {"n_items": fs.n_items - 1, "horizon_days": int(fs.split["horizon_days"]),
+                    "has_customers": bool(len(fs.ltv))}
 
 
 def scores(recs: pd.DataFrame, ltv: pd.DataFrame, seen: pd.DataFrame, catalogue: pd.Series,

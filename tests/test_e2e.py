@@ -226,3 +226,16 @@ def test_a_rekeyed_catalogue_publishes_on_its_second_day(tmp_path):
     ltv = query(home, "select distinct model_version, horizon_days from serving.ltv_estimates")
     assert ltv == [(registry["ltv_champion"], 60)]
 
+
+
+def test_ratings_without_purchases_publish_recommendations(tmp_path):
+    """MovieLens: nobody ever buys, so there is no LTV to learn; the run trains the recommender and publishes it."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from movielens import write_ml1m_shaped
+
+    ratings = write_ml1m_shaped(tmp_path / "ml", n_users=120, n_items=150)
+    home = tmp_path / "home"
+    result = ltvrec(home, "run", "--source", "movielens", "--path", str(ratings), "--epochs", "2",
+                    "--conf", json.dumps({"item_text": False, "max_seq_len": 50}))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert query(home, "select count(distinct user_id) from serving.recommendations") == [(120,)]

@@ -165,12 +165,20 @@ def features_frames(history_days: float, customers_at_training_cutoff: int) -> d
 
 def test_a_horizon_longer_than_half_the_history_stops_at_the_features_gate_naming_its_length(tmp_path):
     """Before any training: no LTV label can be built when no customer bought before D - 2H."""
-    run_gate("features", features_frames(364.0, 120), {"n_items": 3, "horizon_days": 181}, tmp_path / "ok")
+    params = {"n_items": 3, "horizon_days": 181, "has_customers": True}
+    run_gate("features", features_frames(364.0, 120), params, tmp_path / "ok")
     with pytest.raises(GateFailed) as failed:
-        run_gate("features", features_frames(364.0, 0), {"n_items": 3, "horizon_days": 5000}, tmp_path / "long")
+        run_gate("features", features_frames(364.0, 0), params | {"horizon_days": 5000}, tmp_path / "long")
     message = str(failed.value)
     assert "The history is too short for horizon_days=5000" in message and "[364.0]" in message
     assert "No customer bought before the LTV training cut-off" in message
+
+
+def test_data_where_nobody_ever_bought_passes_the_features_gate_without_ltv_customers(tmp_path):
+    """Ratings (MovieLens) have no purchases at all: the recommender trains, the LTV head is skipped."""
+    frames = features_frames(1000.0, 0)
+    frames["ltv_features"] = frames["ltv_features"].iloc[:0]
+    run_gate("features", frames, {"n_items": 3, "horizon_days": 90, "has_customers": False}, tmp_path / "ratings")
 
 
 @pytest.mark.slow
