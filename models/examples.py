@@ -132,13 +132,17 @@ class TrainingExamples(Dataset):
     def __len__(self) -> int:
         return max(len(self.items), self.n_customers)
 
+    def _by_example(self, codes: torch.Tensor) -> np.ndarray:
+        """The real (non-zero) codes of each example's next-item chunk, counted, by example index (see __getitem__)."""
+        return (codes != 0).sum(dim=1).numpy()[np.arange(len(self)) % len(self.items)]
+
     def chunk_lengths(self) -> np.ndarray:
         """Events in each example's next-item chunk (its padding excluded), by example index."""
-        return (self.items != 0).sum(dim=1).numpy()[np.arange(len(self)) % len(self.items)]
+        return self._by_example(self.items)
 
     def targets_per_example(self) -> float:
         """Next-item targets of an example on average over the examples (the loss's unit, see models/train.py)."""
-        return float((self.targets != 0).sum(dim=1).numpy()[np.arange(len(self)) % len(self.items)].mean())
+        return float(self._by_example(self.targets).mean())
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         r, j = i % len(self.items), i % len(self.ltv["ltv_label"])

@@ -256,7 +256,6 @@ class Trainer:
         if rt.ddp:
             self.model = DDP(self.raw_model, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None)
         self.negatives = self.negative_sampler()
-        self.target_unit = 1.0  # set by loader()
         self.progress = Progress(cfg.progress_file if rt.master else None)
         self.tracking, self.started = None, time.time()
 
@@ -312,10 +311,9 @@ class Trainer:
 
     def loader(self, examples: TrainingExamples) -> DataLoader:
         """Batches of similar chunk lengths (LengthBatches); the global batch is batch_size whatever the world size,
-        so N processes follow 1 process's recipe. Sets target_unit, the targets of this loader's average batch."""
+        so N processes follow 1 process's recipe."""
         batches = LengthBatches(examples.chunk_lengths(), self.cfg.batch_size, self.rt.rank, self.rt.world,
                                 self.cfg.seed)
-        self.target_unit = examples.targets_per_example() * batches.batch_size / self.rt.world or 1.0
         return DataLoader(examples, batch_sampler=batches)
 
     def run(self, tracking) -> None:
@@ -362,13 +360,15 @@ class Trainer:
                              batches=len(loader),
                              sequences_per_s=0.0, best_val_ndcg_10=self.state.best_val())
         started, seen, totals = time.time(), 0, np.zeros(2)
+        # the next-item targets of this process's average batch: the unit each batch's loss is weighed in
+        target_unit = loader.dataset.targets_per_example() * loader.batch_sampler.batch_size / self.rt.world or 1.0
         for number, batch in enumerate(loader, 1):
             step = i * len(loader) + number - 1
             for group in self.optimizer.param_groups:
                 # the refit: a fresh optimizer at the peak rate for its whole epochs, as before the schedule
                 group["lr"] = (self.cfg.lr if phase == "refit"
                                else learning_rate(self.cfg, step, len(loader), self.state.planned_epochs))
-            losses = self.step(batch)
+            losses = self.step(batch, target_unit)
             seen += len(batch["items"]) * self.rt.world
             totals += [losses["rec_loss"].item(), losses["ltv_loss"].item()]
             self.progress.update(batch=number, sequences_per_s=seen / (time.time() - started))
@@ -379,8 +379,9 @@ class Trainer:
             metrics["peak_gpu_mb"] = torch.cuda.max_memory_allocated(self.rt.device) / 2**20
         return metrics
 
-    def step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """One optimizer step on a batch; returns the two losses (the next-item loss per target of the batch)."""
+    def step(self, batch: dict[str, torch.Tensor], target_unit: float) -> dict[str, torch.Tensor]:
+        """One optimizer step on a batch; returns the two losses (the next-item loss per target of the batch).
+        `target_unit`: the next-item targets of an average batch of this process."""
         batch = trim_padding({k: v.to(self.rt.device, non_blocking=True) for k, v in batch.items()})
         if self.negatives is not None:
             batch |= self.negatives()
@@ -388,7 +389,7 @@ class Trainer:
             losses = self.model(batch)
         # every target weighs the same, in a batch of short chunks as in one of long chunks: the batch's mean loss
         # counts as many times as its targets are average batches' worth
-        targets_share = (batch["targets"] != 0).sum() / self.target_unit
+        targets_share = (batch["targets"] != 0).sum() / target_unit
         loss = losses["rec_loss"] * targets_share + self.cfg.ltv_weight * losses["ltv_loss"]
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
