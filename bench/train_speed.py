@@ -64,12 +64,12 @@ def train_config_file(run_dir: Path, **overrides) -> Path:
     """The trainer's config for the run folder, with the run config's knobs changed by `overrides`."""
     from ltvrec.config import RunConfig
     from ltvrec.rundir import RunDir
-    from ltvrec.stages import train_config
+    from ltvrec.stages import ltv_decisions, train_config
 
     run = RunDir(run_dir)
     cfg = RunConfig.from_dict(run.config().to_dict() | overrides)
     path = run.train / "config.json"
-    train_config(cfg, run.features, run.train).save(path)
+    train_config(cfg, run.features, run.train, **ltv_decisions(run)).save(path)
     return path
 
 

@@ -4,7 +4,8 @@
 Raw customer events -> top-N recommendations and customer lifetime value in the warehouse.
 
 ingest -> GX gate (raw) -> dbt (a task per model, with its tests) -> quarantine record -> GX gate (cleaned) -> Spark features -> GX gate (features)
--> LTV prior -> torchrun training (beside it: Spark MLlib ALS baseline) -> evaluation vs baselines and the champion
+-> LTV prior -> LTV backtest -> torchrun training (beside it: Spark MLlib ALS baseline)
+-> evaluation vs baselines and the champion
 -> MLflow registry + model gate (only a challenger that passes becomes `@champion`) -> batch scoring with `@champion`
 -> GX gate (scores) -> atomic publish to `serving.recommendations` / `serving.ltv_estimates` -> summary.
 
@@ -105,6 +106,7 @@ def ltvrec_batch():
         run_dir = stage_task(name)(run_dir)
     als = stage_task("als_baseline")(run_dir)  # independent of training: may run beside it
     run_dir = stage_task("ltv_prior")(run_dir)
+    run_dir = stage_task("ltv_backtest")(run_dir)
     run_dir = stage_task("train", queue=GPU_QUEUE)(run_dir)
     run_dir = stage_task("evaluate")(run_dir)
     als >> run_dir

@@ -70,7 +70,8 @@ def features(params: dict) -> dict[str, list]:
             gxe.ExpectColumnValuesToBeBetween(column="max_item", max_value=params["n_items"]),
         ],
         "ltv_features": [
-            gxe.ExpectColumnValuesToMatchRegex(column="cutoff", regex=r"^(?:ref_)?(?:train(?:_[0-9]+)?|eval|score)$"),
+            gxe.ExpectColumnValuesToMatchRegex(
+                column="cutoff", regex=r"^(?:ref_)?(?:train(?:_[0-9]+)?|backtest_[0-9]+|eval|score)$"),
             gxe.ExpectColumnValuesToBeBetween(column="label_value", min_value=0),
             gxe.ExpectColumnValuesToBeInSet(column="label_active", value_set=[0, 1]),
             gxe.ExpectCompoundColumnsToBeUnique(column_list=["user_id", "cutoff"]),

@@ -109,6 +109,18 @@ def ltv_train_cutoffs(end: datetime, horizon_days: int, windows: int, first_even
     return cutoffs
 
 
+def ltv_backtest_cutoffs(end: datetime, horizon_days: int, origins: int, first_event: datetime) -> dict[str, str]:
+    """The LTV backtest's origins D-3H, D-4H, ... (names backtest_1, backtest_2, ...; models/ltv_backtest.py fits at
+    backtest_k and checks at backtest_{k-1}, backtest_0 being the training cut-off D-2H): every label window ends by
+    D-2H, so nothing the backtest decides has seen the evaluation window. Each needs 30 days of history before it."""
+    cutoffs = {}
+    for k in range(1, origins + 1):
+        cutoff = end - timedelta(days=(2 + k) * horizon_days)
+        if cutoff - first_event >= timedelta(days=30):
+            cutoffs[f"backtest_{k}"] = cutoff.isoformat()
+    return cutoffs
+
+
 def reference_cutoffs(cutoffs: dict[str, str], horizon_days: int, first_event: datetime) -> dict[str, str]:
     """A year before each cut-off (names ref_<cut-off>), for models/ltv_prior.py's seasonal factor: how far the
     BG/NBD + Gamma-Gamma level was from actual spend in the same season a year earlier. Only with H <= 365 days
@@ -178,6 +190,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--holdout-days", type=int, required=True)
     ap.add_argument("--ltv-train-windows", type=int, required=True,
                     help="LTV training cut-offs D-2H, D-3H, ... (each labelled by the H days after it)")
+    ap.add_argument("--ltv-backtest-origins", type=int, default=0,
+                    help="LTV backtest origins D-3H, D-4H, ... (each checked at the next one, the last at D-2H)")
     ap.add_argument("--event-types", required=True, help="comma-separated; a type's code is its position + 1")
     args = ap.parse_args(argv)
 
@@ -193,6 +207,7 @@ def main(argv: list[str] | None = None) -> None:
     as_of = datetime.fromisoformat(args.as_of) if args.as_of else datetime(last.year, last.month, last.day)
     end = as_of + timedelta(days=1)
     cutoffs = {**ltv_train_cutoffs(end, args.horizon_days, args.ltv_train_windows, first),
+               **ltv_backtest_cutoffs(end, args.horizon_days, args.ltv_backtest_origins, first),
                "eval": (end - timedelta(days=args.horizon_days)).isoformat(), "score": end.isoformat()}
     split = {
         "as_of": as_of.date().isoformat(),

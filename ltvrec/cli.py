@@ -181,11 +181,12 @@ def grant_reader(
 
 @app.command()
 def generate(out: Path = typer.Option(..., help="output folder"), users: int = 2000, items: int = 300,
-             days: int = 365, seed: int = 42) -> None:
+             days: int = 365, seed: int = 42, regime: str = typer.Option("steady", help="steady, ageing, growing or "
+                                                                            "seasonal (ltvrec/synthetic.py)")) -> None:
     """Write synthetic events.parquet and items.parquet (the `events` source contract)."""
     from ltvrec import synthetic
 
-    ev, it = synthetic.write(out, n_users=users, n_items=items, days=days, seed=seed)
+    ev, it = synthetic.write(out, n_users=users, n_items=items, days=days, seed=seed, regime=regime)
     typer.echo(f"wrote {ev} and {it}")
 
 

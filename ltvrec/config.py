@@ -21,6 +21,7 @@ EVENT_TYPES = ("view", "cart", "purchase", "rating", "return")
 # Accepted by the raw contract, always quarantined by dbt (Online Retail's fees and adjustments).
 RAW_ONLY_EVENT_TYPES = ("non_product",)
 SOURCES = ("synthetic", "events", "online_retail", "movielens")
+SYNTHETIC_REGIMES = ("steady", "ageing", "growing", "seasonal")  # ltvrec/synthetic.py
 DAG_ID = "ltvrec_batch"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # Settings every Airflow process of ltvrec gets (in-process, the stack): astronomer-cosmos reports usage to a remote
@@ -61,6 +62,8 @@ class RunConfig:
     synthetic_users: int = knob(2000, "users of the synthetic source", "data", minimum=1)
     synthetic_items: int = knob(300, "items of the synthetic source", "data", minimum=2)
     synthetic_days: int = knob(365, "days of history of the synthetic source", "data", minimum=30)
+    synthetic_regime: str = knob("steady", "how the synthetic customer base changes over time (ltvrec/synthetic.py)",
+                                 "data", choices=SYNTHETIC_REGIMES)
     seed: int = knob(42, "random seed (synthetic data, training)", "data")
     # outputs
     top_n: int = knob(10, "recommendations per user", "outputs", minimum=1)
@@ -127,8 +130,13 @@ class RunConfig:
     ltv_weight: float = knob(1.0, "weight of the LTV loss beside the next-item loss", "ltv", minimum=0)
     ltv_sigma_max: float = knob(2.0, "upper bound of the ZILN lognormal sigma", "ltv", above=0.05)
     ltv_prior: bool = knob(True, "the ZILN head corrects a seasonal BG/NBD + Gamma-Gamma prior", "ltv")
-    ltv_correction_weight: float = knob(0.5, "share of the head's correction of the prior kept (log space)", "ltv",
-                                        minimum=0, maximum=1)
+    ltv_correction_weight: float | None = knob(None, "share of the head's correction of the prior kept (log space); "
+                                               "default: chosen by the LTV backtest", "ltv", minimum=0, maximum=1)
+    ltv_backtest_origins: int = knob(2, "LTV backtest origins D-3H, D-4H, ..., each checked H days later, where "
+                                     "history allows: they choose ltv_correction_weight and measure the level",
+                                     "ltv", minimum=0)
+    ltv_calibration: str = knob("none", "rescale the ZILN estimates by the level the LTV backtest found such a head "
+                                "off by H days later (level), or not", "ltv", choices=("none", "level"))
     # scoring
     score_engine: str = knob("local", "where scoring runs: this machine, or the Spark cluster", "scoring",
                              choices=("local", "spark"))

@@ -139,6 +139,11 @@ def headline(name: str, rec: dict) -> str:
                 f"{rec.get('best_val_ndcg_10', 0):.4f}, {rec.get('device')} x{rec.get('world_size')}")
     if name == "register":
         return f"v{rec.get('version')} {rec.get('decision')}, {champions_text(rec)}"
+    if name == "ltv_backtest":
+        decided, found = rec.get("decisions", {}), rec.get("levels", {}).get(rec.get("ziln"), 1.0)
+        applied = "applied" if decided.get("ltv_level", 1.0) != 1.0 else "not applied"
+        return (f"{len(rec.get('origins', []))} origin(s): correction weight "
+                f"{decided.get('ltv_correction_weight', 0):g}, level {found:.3f} ({applied}), best {rec.get('best_family')}")
     if name == "evaluate":
         model = rec.get("metrics", {}).get("recommendation", {}).get("model", {})
         return f"NDCG@10 {model['ndcg_10']:.4f}" if "ndcg_10" in model else ""
@@ -172,7 +177,10 @@ def print_results(console: Console, run: RunDir, seconds: float) -> None:
         if not name.startswith("_"):
             lines.append(f"  {name:<22} HR@10={m.get('hr_10', 0):.4f}  NDCG@10={m.get('ndcg_10', 0):.4f}")
     for name, m in s["metrics"].get("ltv", {}).items():
-        lines.append(f"  LTV {name:<18} normalized Gini={m.get('gini', 0):.3f}  Spearman={m.get('spearman', 0):.3f}")
+        total = m.get("total_predicted", 0) / m["total_actual"] if m.get("total_actual") else float("nan")
+        lines.append(f"  LTV {name:<20} normalized Gini={m.get('gini', 0):.3f}  Spearman={m.get('spearman', 0):.3f}  "
+                     f"decile MAPE={m.get('decile_mape') or float('nan'):.3f}  predicted/actual total={total:.2f}")
+    lines += [f"  LTV backtest: {reason}" for reason in s.get("ltv_backtest", {}).get("reasons", [])]
     tracking_uri = mlflow_tracking_uri()
     ui = "its UI" if tracking_uri.startswith("http") else "make mlflow-ui, then http://127.0.0.1:5000"
     lines += [f"  MLflow:     {tracking_uri}  ({ui})", "",

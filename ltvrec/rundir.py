@@ -23,7 +23,8 @@ from pathlib import Path
 from ltvrec.config import RunConfig, ltvrec_home
 
 STAGES = ("prepare", "ingest", "gate_raw", "dbt_build", "quarantine", "gate_cleaned", "features", "gate_features",
-          "ltv_prior", "train", "als_baseline", "evaluate", "register", "score", "gate_scores", "publish", "summarize")
+          "ltv_prior", "ltv_backtest", "train", "als_baseline", "evaluate", "register", "score", "gate_scores", "publish",
+          "summarize")
 SERVING_TABLES = ("recommendations", "ltv_estimates")
 
 

@@ -90,7 +90,7 @@ def ingest(run: RunDir) -> dict:
     cfg = run.config()
     if cfg.source == "synthetic":
         paths = synthetic.write(run.input, n_users=cfg.synthetic_users, n_items=cfg.synthetic_items,
-                                days=cfg.synthetic_days, seed=cfg.seed)
+                                days=cfg.synthetic_days, seed=cfg.seed, regime=cfg.synthetic_regime)
         events, items = sources.load_events(*paths)
     else:
         events, items = sources.load(cfg.source, cfg.path, cfg.items_path)
@@ -161,6 +161,7 @@ def features(run: RunDir) -> dict:
     args = ["--events", str(run.marts / "fct_events.parquet"), "--items", str(run.marts / "dim_items.parquet"),
             "--out", str(run.features), "--horizon-days", str(cfg.horizon_days),
             "--holdout-days", str(cfg.holdout_days), "--ltv-train-windows", str(cfg.ltv_train_windows),
+            "--ltv-backtest-origins", str(cfg.ltv_backtest_origins),
             "--event-types", ",".join(EVENT_TYPES), *(["--as-of", cfg.as_of] if cfg.as_of else [])]
     launch.spark_submit("features.py", args, cfg.resolved_spark_master, run.log_file("features"), launch.C1_JIT)
     split = run.split()
@@ -196,14 +197,54 @@ def ltv_prior(run: RunDir) -> dict:
     return write_prior(run.features, run.split()["horizon_days"])  # the horizon the features' labels span
 
 
+@stage
+def ltv_backtest(run: RunDir) -> dict:
+    """Rolling origins before D - 2H decide the ZILN correction weight and level calibration, and compare every LTV
+    family there (models/ltv_backtest.py); the figures go to MLflow and the run's summary."""
+    from models.data import load_ltv
+    from models.ltv_backtest import decide
+
+    cfg = run.config()
+    ltv = load_ltv(run.features)
+    if ltv.empty:
+        return {"skipped": "no customers: nothing to backtest"}
+    record = decide(ltv, run.split()["ltv_cutoffs"], cfg.ltv_prior and "ltv_prior" in ltv.columns, cfg.ltv_sigma_max,
+                    cfg.d_model, cfg.seed, cfg.ltv_correction_weight, cfg.ltv_calibration == "level",
+                    (run.stage("ltv_prior") or {}).get("seasonal_factors"))
+    tracking.log_metrics_tags(cfg, run.mlflow_run_id, flat_backtest_metrics(record),
+                              {"ltv_backtest_best_family": record.get("best_family", "none")})
+    for reason in record["reasons"]:
+        log.info("LTV backtest: %s", reason)
+    return record
+
+
+def flat_backtest_metrics(record: dict) -> dict[str, float]:
+    """backtest_<family>_<metric> averaged over the origins, and the decisions (backtest_ltv_*), for MLflow."""
+    out = {f"backtest_{k}": v for k, v in record["decisions"].items()}
+    for name in ("gini", "calibrated_decile_mape", "levels"):
+        for family, value in record.get(name, {}).items():
+            out[f"backtest_{family.replace('.', '_')}_{name.removesuffix('s')}"] = value
+    return out
+
+
+def ltv_decisions(run: RunDir) -> dict:
+    """The LTV backtest's decisions for the trainer (ltv_correction_weight, ltv_level); {} before it ran."""
+    return dict((run.stage("ltv_backtest") or {}).get("decisions", {}))
+
+
 def train_config(cfg: RunConfig, features_dir: Path | str, out_dir: Path | str, **wiring):
     """The trainer's own config (models.train.TrainConfig): the run config's model and training knobs, plus where
-    to read and write (`wiring`: mlflow_run_id, init_from, text_cache, progress_file; None when not given)."""
+    to read and write (`wiring`: mlflow_run_id, init_from, text_cache, progress_file; None when not given) and the
+    LTV backtest's decisions (ltv_correction_weight, ltv_level; without them, an explicit weight or the fallback,
+    and no calibration)."""
     from models.config import TrainConfig
+    from models.ltv_backtest import FALLBACK_WEIGHT
 
     names = [f.name for f in dataclasses.fields(TrainConfig)]
     values = {name: getattr(cfg, name) for name in names if hasattr(cfg, name)}
-    values |= {"mlflow_run_id": None, "init_from": None, "text_cache": None, "progress_file": None}
+    values |= {"mlflow_run_id": None, "init_from": None, "text_cache": None, "progress_file": None, "ltv_level": 1.0,
+               "ltv_correction_weight": FALLBACK_WEIGHT if cfg.ltv_correction_weight is None
+               else cfg.ltv_correction_weight}
     return TrainConfig(**values | wiring, features_dir=str(features_dir), out_dir=str(out_dir))
 
 
@@ -215,7 +256,7 @@ def train(run: RunDir) -> dict:
     config_file = run.train / "config.json"
     train_config(cfg, run.features, run.train, mlflow_run_id=run.mlflow_run_id, init_from=init and str(init),
                  text_cache=str(ltvrec_home() / "cache" / "item_text_minilm.parquet"),
-                 progress_file=str(run.progress_file("train"))).save(config_file)
+                 progress_file=str(run.progress_file("train")), **ltv_decisions(run)).save(config_file)
     launch.torchrun(config_file, launch.processes_per_node(cfg.nproc), run.log_file("train"), cfg.nnodes,
                     cfg.rdzv_endpoint, rdzv_id=run.name)
     return run.train_result()
@@ -366,6 +407,7 @@ def summarize(run_dir: str) -> dict:
         "quarantine": records.get("quarantine", {}).get("quarantine", {}),
         "quarantine_items": records.get("quarantine", {}).get("quarantine_items", {}),
         "metrics": records.get("evaluate", {}).get("metrics", {}),
+        "ltv_backtest": {k: v for k, v in records.get("ltv_backtest", {}).items() if k not in ("seconds", "state")},
         "training": {k: v for k, v in records.get("train", {}).items() if k != "seconds"},
         "registry": records.get("register", {}),
         "timings_s": {name: rec["seconds"] for name, rec in records.items()},

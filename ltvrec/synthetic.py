@@ -5,6 +5,13 @@ category (so a sequence model can beat popularity), views lead to carts and purc
 returned, and some users churn (so past value predicts future value only partly). A little realistic dirt
 is added on purpose: exact duplicate rows, unknown items, future timestamps and missing user ids, which
 the dbt models must quarantine.
+
+A `regime` shapes the customer base over time, so that an LTV level learned on one window is wrong for the next:
+- `steady`: users join over the first three quarters of the span and stay for an exponential lifetime;
+- `ageing`: every user joins in the first 15% of the span and buys less and less (activity halves every
+  AGEING_HALF_LIFE of the span), as in a cohort that joined early;
+- `growing`: ever more users join as time goes on (join times with a density rising linearly);
+- `seasonal`: events are thinned outside a yearly peak around SEASON_PEAK_DAY (late November), as in retail.
 """
 
 from __future__ import annotations
@@ -17,9 +24,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ltvrec.config import SYNTHETIC_REGIMES
+
 ADJECTIVES = ["vintage", "classic", "modern", "rustic", "bright", "cosy", "elegant", "playful", "minimal", "bold"]
 NOUNS = ["mug", "lamp", "candle", "notebook", "cushion", "clock", "vase", "bag", "poster", "frame", "tray", "bowl"]
 CATEGORIES = ["kitchen", "home", "stationery", "garden", "party", "toys", "fashion", "decor", "lighting", "gifts"]
+AGEING_HALF_LIFE = 0.25  # of the span
+SEASON_PEAK_DAY = 330  # day of the year
+SEASON_TROUGH_SHARE = 0.25  # events kept at the trough, against all of them at the peak
 
 
 @dataclass
@@ -66,19 +78,22 @@ def generate(
     end: datetime = datetime(2026, 6, 30),
     seed: int = 42,
     dirt: bool = True,
+    regime: str = "steady",
 ) -> tuple[pa.Table, pa.Table]:
     """Return (events, items) in the `events` source contract."""
+    if regime not in SYNTHETIC_REGIMES:
+        raise ValueError(f"synthetic regime {regime!r}: expected one of {', '.join(SYNTHETIC_REGIMES)}")
     rng = np.random.default_rng(seed)
     catalogue = Catalogue.draw(rng, n_items)
     span_s = days * 86400
     rate = rng.gamma(shape=1.2, scale=0.25, size=n_users)  # interactions per day while active
-    first = rng.uniform(0, 0.75, size=n_users) * span_s
-    lifetime = rng.exponential(scale=0.6, size=n_users) * span_s
+    first, lifetime = join_and_lifetime(rng, regime, n_users, span_s)
+    start = end - timedelta(days=days)
     cols: dict[str, list] = {k: [] for k in ("user_id", "item_id", "event_type", "event_ts", "quantity", "unit_price")}
     for u in range(n_users):
         active_s = min(lifetime[u], span_s - first[u])
-        n = max(1, min(400, rng.poisson(rate[u] * active_s / 86400) + 1))
-        ts = np.sort(rng.uniform(first[u], first[u] + active_s, size=n))
+        n = max(1, min(400, rng.poisson(rate[u] * exposure(regime, active_s, span_s) / 86400) + 1))
+        ts = event_times(rng, regime, first[u], active_s, n, span_s, start)
         prefs = rng.choice(len(catalogue.by_category), size=min(2, len(catalogue.by_category)), replace=False)
         item = -1
         for t in ts:
@@ -94,6 +109,43 @@ def generate(
     if dirt:
         _add_dirt(cols, rng, end)
     return _tables(cols, catalogue)
+
+
+def join_and_lifetime(rng: np.random.Generator, regime: str, n_users: int, span_s: float
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's first moment and active lifetime, in seconds from the start of the span."""
+    if regime == "ageing":
+        return rng.uniform(0, 0.15, size=n_users) * span_s, np.full(n_users, span_s)
+    if regime == "growing":
+        return np.sqrt(rng.uniform(0, 1, size=n_users)) * 0.95 * span_s, rng.exponential(0.6, n_users) * span_s
+    return rng.uniform(0, 0.75, size=n_users) * span_s, rng.exponential(scale=0.6, size=n_users) * span_s
+
+
+def exposure(regime: str, active_s: float, span_s: float) -> float:
+    """Seconds of full activity a lifetime of `active_s` amounts to: its activity decays in the ageing regime."""
+    if regime != "ageing":
+        return active_s
+    tau = AGEING_HALF_LIFE * span_s / np.log(2)
+    return tau * (1 - np.exp(-active_s / tau))
+
+
+def event_times(rng: np.random.Generator, regime: str, first: float, active_s: float, n: int, span_s: float,
+                start: datetime) -> np.ndarray:
+    """`n` sorted event times (seconds from the start of the span) in [first, first + active_s), shaped by the
+    regime; the seasonal regime keeps fewer of them (at least one)."""
+    if regime == "ageing":  # density exp(-t / tau) from the user's first moment: inverse CDF of a truncated exponential
+        tau = AGEING_HALF_LIFE * span_s / np.log(2)
+        u = rng.uniform(0, 1, size=n)
+        ts = first - tau * np.log(1 - u * (1 - np.exp(-active_s / tau)))
+    else:
+        ts = rng.uniform(first, first + active_s, size=n)
+    if regime == "seasonal":
+        day = (start.timetuple().tm_yday + ts / 86400) % 365.25
+        keep = SEASON_TROUGH_SHARE + (1 - SEASON_TROUGH_SHARE) * (1 + np.cos(2 * np.pi * (day - SEASON_PEAK_DAY)
+                                                                             / 365.25)) / 2
+        kept = ts[rng.uniform(0, 1, size=n) < keep]
+        ts = kept if len(kept) else ts[:1]
+    return np.sort(ts)
 
 
 def _tables(cols: dict[str, list], catalogue: Catalogue) -> tuple[pa.Table, pa.Table]:

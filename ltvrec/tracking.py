@@ -68,6 +68,18 @@ def log_evaluation(cfg: RunConfig, run_id: str, metrics: dict[str, float], folde
         mlflow.log_artifacts(str(folder), artifact_path=folder.name)
 
 
+def log_metrics_tags(cfg: RunConfig, run_id: str, metrics: dict[str, float], tags: dict[str, str]) -> None:
+    """Metrics and tags on the run (both may be logged again by a retried task)."""
+    import math
+
+    import mlflow
+
+    configure(cfg.experiment)
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(v)})
+        mlflow.set_tags(tags)
+
+
 def log_artifact(cfg: RunConfig, run_id: str, path: Path) -> None:
     import mlflow
 

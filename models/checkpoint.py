@@ -73,7 +73,8 @@ def warm_start(model: SeqRecModel, ckpt: dict, item_ids: list[str]) -> dict[str,
             "items_new": len(item_ids) - len(pairs)}
 
 
-LTV_HEAD_CONFIG = ("n_ltv_features", "ltv_user_dim", "ltv_sigma_max", "ltv_prior", "ltv_correction_weight")
+LTV_HEAD_CONFIG = ("n_ltv_features", "ltv_user_dim", "ltv_sigma_max", "ltv_prior", "ltv_correction_weight",
+                   "ltv_level")
 
 
 def combine_heads(recommender: Path, ltv: Path, out: Path) -> Path:
@@ -89,7 +90,8 @@ def combine_heads(recommender: Path, ltv: Path, out: Path) -> Path:
         if name.startswith("ltv_head."):
             state[name] = tensor
     combined = rec | {"model": state, "scaler": head["scaler"], "horizon_days": head.get("horizon_days"),
-                      "model_config": rec["model_config"] | {k: head["model_config"][k] for k in LTV_HEAD_CONFIG}}
+                      "model_config": rec["model_config"] | {k: head["model_config"][k] for k in LTV_HEAD_CONFIG
+                                                             if k in head["model_config"]}}
     LoadedModel(combined)  # raises here, not in the scorer, if the head does not fit the encoder's width
     torch.save(combined, out)
     return out

@@ -35,7 +35,8 @@ class TrainConfig:
     ltv_sigma_max: float
     ltv_user_dim: int
     ltv_prior: bool
-    ltv_correction_weight: float
+    ltv_correction_weight: float  # decided by the LTV backtest unless the run config sets it
+    ltv_level: float  # the backtest's level calibration of the ZILN estimates (1: none)
     lr: float
     lr_schedule: str  # cosine | constant, after a warm-up (models.train.learning_rate)
     weight_decay: float

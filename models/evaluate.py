@@ -9,6 +9,7 @@ LTV: features at the `eval` cut-off (D - H) against actual net spend in [D - H, 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import torch
 
 from models.checkpoint import LoadedModel
@@ -126,15 +127,23 @@ def ltv_predictions(fs: FeatureSet, loaded: LoadedModel, with_btyd: bool = True)
     """(actual spend, {model: (expected value, activity score)}) at the `eval` cut-off (D - H).
 
     The activity score orders customers by their chance of buying in the horizon (for AUC-PR): ZILN's
-    p_active, BG/NBD's expected number of purchases, the naive model's past spend. BG/NBD + Gamma-Gamma comes from
-    the ltv_prior stage's fit when there is one, and with it the prior itself (BTYD x seasonal factor).
+    p_active, BG/NBD's expected number of purchases, the naive model's past spend, the boosted trees' value.
+    BG/NBD + Gamma-Gamma comes from the ltv_prior stage's fit when there is one, and with it the prior itself
+    (BTYD x seasonal factor). The boosted trees (`gbdt`, models/ltv_backtest.py) are fitted on the training
+    cut-offs' customers with the features the ZILN head reads.
     """
+    from models.ltv_backtest import fit_gbdt
+
     frame, p, ev = predict_ltv(fs, loaded, "eval")
     if frame.empty:
         return np.zeros(0), {}
     actual = frame["label_value"].to_numpy(dtype=float)
     naive = np.maximum(frame["spend_past_h"].to_numpy(dtype=float), 0.0)
     predictions = {"ziln": (ev, p), "naive_past_spend": (naive, naive)}
+    train = pd.concat([fs.ltv_frame(name) for name in fs.ltv_train_cutoffs()], ignore_index=True)
+    if len(train) and train["label_value"].sum() > 0:
+        gbdt = fit_gbdt(train, loaded.scaler.features, seed=0)(frame)
+        predictions["gbdt"] = (gbdt, gbdt)
     if "ltv_prior" in frame and frame["ltv_prior"].notna().all():
         purchases = frame["btyd_expected_purchases"].to_numpy(dtype=float)
         predictions["bgnbd_gamma_gamma"] = (frame["btyd_expected_value"].to_numpy(dtype=float), purchases)

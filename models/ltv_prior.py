@@ -43,9 +43,12 @@ def btyd_predictions(frame: pd.DataFrame, horizon_days: float) -> pd.DataFrame:
     return predicted.reset_index()
 
 
-def seasonal_factors(ltv: pd.DataFrame, btyd: dict[str, pd.DataFrame], cutoffs: list[str]) -> dict[str, float]:
-    """season(c) for each of `cutoffs`: actual / BTYD-predicted spend at its reference cut-off, or 1 for all."""
-    missing = [c for c in cutoffs if f"ref_{c}" not in btyd]
+def seasonal_factors(ltv: pd.DataFrame, btyd: dict[str, pd.DataFrame], cutoffs: list[str]
+                     ) -> dict[str, float | None]:
+    """season(c) for each of `cutoffs`: actual / BTYD-predicted spend at its reference cut-off, or 1 for all.
+    Whether there are factors is decided on the run's own cut-offs; a backtest origin with no reference while the
+    others have one gets None: its prior is plain BTYD, and the backtest compares it only with plain BTYD."""
+    missing = [c for c in cutoffs if f"ref_{c}" not in btyd and not c.startswith("backtest_")]
     if missing:
         log.info("LTV prior: no seasonal factor (no cut-off a year before %s with enough history); factors are 1",
                  ", ".join(missing))
@@ -53,6 +56,11 @@ def seasonal_factors(ltv: pd.DataFrame, btyd: dict[str, pd.DataFrame], cutoffs: 
     factors = {}
     for c in cutoffs:
         ref = f"ref_{c}"
+        if ref not in btyd:
+            log.info("LTV prior: backtest origin %s has no cut-off a year before it with enough history: its prior "
+                     "is not seasonal", c)
+            factors[c] = None
+            continue
         actual = float(ltv.loc[ltv["cutoff"] == ref, "label_value"].sum())
         predicted = float(btyd[ref]["expected_value"].sum())
         factor = actual / predicted if predicted > 0 else 1.0
@@ -62,7 +70,13 @@ def seasonal_factors(ltv: pd.DataFrame, btyd: dict[str, pd.DataFrame], cutoffs: 
     return factors
 
 
-def fit_prior(ltv: pd.DataFrame, horizon_days: float) -> tuple[pd.DataFrame, dict[str, float]]:
+def floored(prior: np.ndarray) -> np.ndarray:
+    """Every value at least PRIOR_FLOOR_SHARE of the median positive one (log(0) is no prior)."""
+    positive = prior[prior > 0]
+    return np.maximum(prior, PRIOR_FLOOR_SHARE * (float(np.median(positive)) if len(positive) else 1.0))
+
+
+def fit_prior(ltv: pd.DataFrame, horizon_days: float) -> tuple[pd.DataFrame, dict[str, float | None]]:
     """(one row per customer and cut-off: user_id, cutoff, PRIOR_COLUMNS; the seasonal factor of each cut-off)."""
     btyd = {}
     for name, frame in ltv.groupby("cutoff", sort=True):
@@ -72,15 +86,13 @@ def fit_prior(ltv: pd.DataFrame, horizon_days: float) -> tuple[pd.DataFrame, dic
     rows = []
     for c in cutoffs:
         pred = btyd[c]
-        prior = pred["expected_value"].to_numpy(dtype=float) * factors[c]
-        positive = prior[prior > 0]
-        floor = PRIOR_FLOOR_SHARE * (float(np.median(positive)) if len(positive) else 1.0)
+        prior = floored(pred["expected_value"].to_numpy(dtype=float) * (factors[c] or 1.0))
         rows.append(pd.DataFrame({
             "user_id": pred["user_id"].to_numpy(), "cutoff": c,
             "btyd_expected_value": pred["expected_value"].to_numpy(dtype=float),
             "btyd_expected_purchases": pred["expected_purchases"].to_numpy(dtype=float),
             "btyd_p_alive": pred["p_alive"].to_numpy(dtype=float),
-            "ltv_prior": np.maximum(prior, floor)}))
+            "ltv_prior": prior}))
     out = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["user_id", "cutoff", *PRIOR_COLUMNS])
     return out, factors
 

@@ -36,6 +36,8 @@ class ModelConfig:
     ltv_prior: bool = False
     # predictions keep this share of the head's correction of the prior, in log space (see ltv_estimate)
     ltv_correction_weight: float = 1.0
+    # expected values are multiplied by this: the level the LTV backtest found such a head off by H days later
+    ltv_level: float = 1.0
 
     def __post_init__(self):
         if not self.ltv_sigma_max > 0.05:
@@ -170,13 +172,14 @@ class SeqRecModel(nn.Module):
                      ) -> tuple[torch.Tensor, torch.Tensor]:
         """(p_active, expected value) per customer. With a prior and ltv_correction_weight w < 1, the expected value
         keeps the share w of the ZILN's correction in log space: prior^(1 - w) * ZILN^w. A correction learned in
-        one season (the training window) is applied in another (the horizon), so it is shrunk towards the prior."""
+        one season (the training window) is applied in another (the horizon), so it is shrunk towards the prior.
+        The result is multiplied by ltv_level (models/ltv_backtest.py: the level calibration)."""
         p, ev = ziln_expected_value(*self.ltv_params(user_vec, feats, prior))
         w = self.cfg.ltv_correction_weight
         if self.cfg.ltv_prior and w != 1.0:
             log_prior = torch.log(prior.to(ev.dtype))
             ev = torch.exp(log_prior + w * (torch.log(ev.clamp(min=1e-30)) - log_prior))
-        return p, ev
+        return p, ev * self.cfg.ltv_level
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Training pass for both tasks; returns the two losses.

@@ -177,7 +177,7 @@ def build_model(cfg: TrainConfig, fs: FeatureSet, scaler: FeatureScaler, use_pri
         max_len=cfg.max_seq_len, d_model=cfg.d_model, n_heads=cfg.n_heads, n_layers=cfg.n_layers, dropout=cfg.dropout,
         text_dim=0 if item_text is None else item_text.shape[1], time_gaps=cfg.time_gaps,
         ltv_user_dim=cfg.ltv_user_dim, ltv_sigma_max=cfg.ltv_sigma_max, ltv_prior=use_prior,
-        ltv_correction_weight=cfg.ltv_correction_weight if use_prior else 1.0))
+        ltv_correction_weight=cfg.ltv_correction_weight if use_prior else 1.0, ltv_level=cfg.ltv_level))
     if item_text is not None:
         model.item_text.copy_(torch.as_tensor(item_text))
     return model

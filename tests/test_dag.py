@@ -29,7 +29,7 @@ def test_retries_tags_and_failure_callback(dagbag):
 def test_stage_order(dagbag):
     dag = dagbag.dags["ltvrec_batch"]
     order = ["prepare", "ingest", "gate_raw", "quarantine", "gate_cleaned", "features", "gate_features", "ltv_prior",
-             "train", "evaluate", "register", "score", "gate_scores", "publish", "summarize"]
+             "ltv_backtest", "train", "evaluate", "register", "score", "gate_scores", "publish", "summarize"]
     dbt_tasks = {t for t in dag.task_ids if t.startswith("dbt_build.")}
     assert set(dag.task_ids) == set(order) | {"als_baseline"} | dbt_tasks
     for upstream, downstream in zip(order, order[1:]):

@@ -109,6 +109,26 @@ def test_synthetic_is_deterministic_and_dirty():
     assert set(df["event_type"]) <= {"view", "cart", "purchase", "return"}
 
 
+def purchases_by_quarter(regime: str) -> pd.Series:
+    events, _ = synthetic.generate(n_users=600, n_items=60, days=730, seed=4, regime=regime, dirt=False)
+    df = events.to_pandas()
+    bought = df[df["event_type"] == "purchase"]
+    return bought.groupby(bought["event_ts"].dt.to_period("Q")).size()
+
+
+def test_synthetic_regimes_shape_the_customer_base_over_time():
+    ageing, growing = purchases_by_quarter("ageing").iloc[2:], purchases_by_quarter("growing").iloc[1:]
+    assert (ageing.diff().dropna() < 0).all()  # after the joins, each quarter buys less than the one before
+    assert (growing.diff().dropna() > 0).all()  # ever more customers
+    seasonal = purchases_by_quarter("seasonal")
+    q4 = seasonal[seasonal.index.quarter == 4].mean()
+    assert q4 > 2 * seasonal[seasonal.index.quarter == 2].mean()  # the peak around late November
+    steady, _ = synthetic.generate(n_users=50, n_items=40, seed=3, regime="steady")
+    assert steady.equals(synthetic.generate(n_users=50, n_items=40, seed=3)[0])
+    with pytest.raises(ValueError, match="regime 'ageless'"):
+        synthetic.generate(n_users=5, regime="ageless")
+
+
 @pytest.mark.parametrize("chunk", [1, 2, 3, 5, 64, 1 << 24])
 def test_utf8_scan_is_exact_across_read_blocks(tmp_path, chunk):
     """The streamed UTF-8 check reads in blocks: a character split by a block edge is fine, the offset exact."""

@@ -1,0 +1,181 @@
+"""The LTV backtest (models/ltv_backtest.py): its origins end before the training cut-off's labels begin, it reads
+nothing of the evaluation or scoring cut-offs, what it decides (correction weight, level), and an ageing customer
+base whose level it finds and corrects."""
+
+from datetime import datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from jobs.features import ltv_backtest_cutoffs
+from ltvrec.config import EVENT_TYPES
+from models.data import LTV_FEATURES
+from models.ltv_backtest import (FALLBACK_WEIGHT, GINI_TOLERANCE, LEVEL_CLIP, WEIGHTS, _level, choose_weight, decide,
+                                 ltv_figures, origin_pairs)
+from models.ltv_prior import seasonal_factors
+from models.sasrec import ModelConfig, SeqRecModel
+
+H = 30
+CUTOFFS = {"train": "2024-02-10T00:00:00", "backtest_1": "2024-01-11T00:00:00", "backtest_2": "2023-12-12T00:00:00",
+           "eval": "2024-03-11T00:00:00", "score": "2024-04-10T00:00:00"}
+
+
+def test_backtest_origins_are_h_apart_and_their_labels_end_by_the_training_cutoff():
+    end = datetime(2024, 4, 10)
+    found = ltv_backtest_cutoffs(end, H, 3, first_event=datetime(2023, 6, 1))
+    assert found == {"backtest_1": "2024-01-11T00:00:00", "backtest_2": "2023-12-12T00:00:00",
+                     "backtest_3": "2023-11-12T00:00:00"}
+    train = end - timedelta(days=2 * H)
+    for iso in found.values():  # each origin's label window [c, c + H) ends by D - 2H: no evaluation label in it
+        assert datetime.fromisoformat(iso) + timedelta(days=H) <= train
+    # an origin needs 30 days of history before it; none asked, none made
+    assert list(ltv_backtest_cutoffs(end, H, 3, first_event=datetime(2023, 11, 1))) == ["backtest_1", "backtest_2"]
+    assert ltv_backtest_cutoffs(end, H, 0, first_event=datetime(2000, 1, 1)) == {}
+
+
+def test_each_origin_is_checked_at_the_next_later_cutoff():
+    assert origin_pairs(CUTOFFS) == [("backtest_1", "train"), ("backtest_2", "backtest_1")]
+    gap = {k: v for k, v in CUTOFFS.items() if k != "backtest_1"} | {"backtest_3": "2023-11-12T00:00:00"}
+    assert origin_pairs(gap) == [("backtest_3", "backtest_2")]  # backtest_2 has nothing later to check at
+    assert origin_pairs({"train": "x", "eval": "y", "score": "z"}) == []
+
+
+def customers(rng: np.random.Generator, n: int, activity: float, cutoff: str) -> pd.DataFrame:
+    """Customers of one cut-off: a purchase rate per customer, its last H days and its next H days (scaled by
+    `activity`, the base's level in the label window), spend per purchase around 20; the prior's columns from the
+    rate the past shows."""
+    rate = rng.gamma(0.8, 1.5, n)  # purchases per H days
+    past, future = rng.poisson(rate), rng.poisson(rate * activity)
+    aov = rng.gamma(4.0, 5.0, n)
+    frame = pd.DataFrame({c: 0.0 for c in LTV_FEATURES}, index=range(n))
+    frame["n_purchases"] = past + rng.poisson(2 * rate) + 1
+    frame["n_purchase_days"] = frame["n_purchases"]
+    frame["spend_past_h"] = past * aov
+    frame["net_spend"] = frame["gross_spend"] = frame["n_purchases"] * aov
+    frame["avg_order_value"] = frame["btyd_monetary_value"] = aov
+    frame["recency_days"] = rng.uniform(0, H, n) / (1 + past)
+    frame["btyd_frequency"], frame["btyd_T"], frame["tenure_days"] = frame["n_purchases"] - 1, 3 * H, 3 * H
+    expected = np.maximum((past + 0.5) * aov, 1.0)
+    frame["btyd_expected_value"] = frame["ltv_prior"] = expected
+    frame["btyd_expected_purchases"], frame["btyd_p_alive"] = past + 0.5, 0.9
+    frame["label_value"] = future * aov
+    frame["user_id"] = [f"u{i}" for i in range(n)]
+    frame["cutoff"] = cutoff
+    return frame
+
+
+def population(activity: dict[str, float], n: int = 1500, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.concat([customers(rng, n, a, c) for c, a in activity.items()], ignore_index=True)
+
+
+STEADY = {"backtest_2": 1.0, "backtest_1": 1.0, "train": 1.0, "eval": 1.0, "score": 1.0}
+
+
+def test_the_backtest_never_reads_the_evaluation_or_scoring_cutoffs():
+    ltv = population(STEADY)
+    first = decide(ltv, CUTOFFS, True, 2.0, 16, seed=3)
+    tampered = ltv.copy()
+    late = tampered["cutoff"].isin(["eval", "score"])
+    tampered.loc[late, "label_value"] = np.nan  # the evaluation window's labels: unknown to the backtest
+    tampered.loc[late, LTV_FEATURES] *= 1000.0
+    second = decide(tampered, CUTOFFS, True, 2.0, 16, seed=3)
+    assert first["decisions"] == second["decisions"] and first["gini"] == second["gini"]
+    checked = [(o["origin"], o["check"]) for o in first["origins"]]
+    assert checked == [("backtest_1", "train"), ("backtest_2", "backtest_1")]
+    # the checks' labels are those of the backtest's own cut-offs: every one ends by D - H
+    assert first["origins"][0]["metrics"]["naive_past_spend"]["total_actual"] == pytest.approx(
+        ltv.loc[ltv["cutoff"] == "train", "label_value"].sum())
+
+
+def test_every_family_is_checked_and_the_weight_is_one_of_the_grid():
+    record = decide(population(STEADY), CUTOFFS, True, 2.0, 16, seed=3)
+    families = {f"ziln_w{w:g}" for w in WEIGHTS} | {"gbdt", "naive_past_spend", "bgnbd_gamma_gamma",
+                                                    "seasonal_bgnbd_prior"}
+    assert set(record["gini"]) == families == set(record["levels"])
+    assert record["decisions"]["ltv_correction_weight"] in WEIGHTS
+    assert record["decisions"]["ltv_level"] == 1.0  # measured, not applied unless asked
+    assert record["gini"]["ziln_w0.5"] > record["gini"]["naive_past_spend"]  # the head learns the rate, not noise
+
+
+def test_the_weight_is_the_smallest_within_the_gini_tolerance():
+    gini = {"ziln_w0": 0.80, "ziln_w0.25": 0.86 - GINI_TOLERANCE / 2, "ziln_w0.5": 0.86, "ziln_w1": 0.85, "gbdt": 0.99}
+    assert choose_weight(gini) == 0.25
+    assert choose_weight(gini | {"ziln_w0.25": 0.86 - 2 * GINI_TOLERANCE}) == 0.5
+
+
+def test_the_level_is_the_geometric_mean_of_actual_over_predicted_and_clipped():
+    checks = [{"total_actual": 80.0, "total_predicted": 100.0}, {"total_actual": 50.0, "total_predicted": 100.0}]
+    assert _level(checks) == pytest.approx(np.sqrt(0.8 * 0.5))
+    assert _level([{"total_actual": 1.0, "total_predicted": 100.0}]) == LEVEL_CLIP[0]
+    assert _level([{"total_actual": 0.0, "total_predicted": 0.0}]) == 1.0
+
+
+def test_an_ageing_base_is_found_over_predicted_and_the_level_corrects_it():
+    """Each window the base buys 30% less than the window before: a head fitted on one window (its whole
+    correction kept: these priors do not age) over-predicts the next by about 1 / 0.7. The level found in the
+    backtest brings the next window's total within 10%."""
+    decay = 0.7
+    ageing = {c: decay**k for k, c in enumerate(["backtest_2", "backtest_1", "train", "eval", "score"])}
+    ltv = population(ageing, n=3000)
+    record = decide(ltv, CUTOFFS, True, 2.0, 16, seed=3, weight=1.0, calibrate=True)
+    level = record["decisions"]["ltv_level"]
+    assert level == pytest.approx(decay, abs=0.1)
+    # the published procedure one window on: fitted at D - 2H, applied at D - H, multiplied by the level
+    from models.ltv_backtest import fit_ziln
+
+    frames = {c: f.reset_index(drop=True) for c, f in ltv.groupby("cutoff")}
+    w = record["decisions"]["ltv_correction_weight"]
+    features = LTV_FEATURES + ["btyd_expected_value", "btyd_expected_purchases", "btyd_p_alive", "ltv_prior"]
+    raw = fit_ziln(frames["train"], features, True, 2.0, 16, seed=3, weights=(w,))(frames["eval"])[w]
+    actual = frames["eval"]["label_value"].to_numpy()
+    assert ltv_figures(actual, raw)["total_ratio"] > 1.2  # uncalibrated: the old level
+    assert ltv_figures(actual, raw * level)["total_ratio"] == pytest.approx(1.0, abs=0.1)
+
+
+def test_without_an_origin_the_fallback_weight_and_no_calibration():
+    ltv = population({"train": 1.0, "eval": 1.0, "score": 1.0})
+    record = decide(ltv, {k: CUTOFFS[k] for k in ("train", "eval", "score")}, True, 2.0, 16, seed=3)
+    assert record["decisions"] == {"ltv_correction_weight": FALLBACK_WEIGHT, "ltv_level": 1.0}
+    assert "no backtest origin" in record["reasons"][0]
+
+
+def test_an_explicit_weight_is_measured_not_chosen():
+    record = decide(population(STEADY), CUTOFFS, True, 2.0, 16, seed=3, weight=0.75)
+    assert record["decisions"]["ltv_correction_weight"] == 0.75
+    assert [f for f in record["gini"] if f.startswith("ziln_")] == ["ziln_w0.75"]
+
+
+def test_a_backtest_origin_without_a_year_back_reference_has_no_seasonal_factor():
+    ltv = pd.DataFrame({"cutoff": ["ref_train", "ref_eval"], "user_id": ["a", "a"], "label_value": [30.0, 10.0]})
+    frame = pd.DataFrame({"user_id": ["a"], "expected_value": [20.0]})
+    btyd = {"train": frame, "eval": frame, "backtest_1": frame, "ref_train": frame, "ref_eval": frame}
+    factors = seasonal_factors(ltv, btyd, ["train", "backtest_1", "eval"])
+    assert factors == {"train": 1.5, "backtest_1": None, "eval": 0.5}
+
+
+def test_a_pair_with_one_seasonal_end_compares_plain_priors_at_both():
+    ltv = population(STEADY)
+    seasonal = ~ltv["cutoff"].isin(["backtest_2"])
+    ltv.loc[seasonal, "ltv_prior"] *= 3.0  # a seasonal factor of 3 everywhere but backtest_2
+    seasons = {"backtest_2": None, "backtest_1": 3.0, "train": 3.0, "eval": 3.0, "score": 3.0}
+    record = decide(ltv, CUTOFFS, True, 2.0, 16, seed=3, seasons=seasons)
+    plain = ltv.loc[ltv["cutoff"] == "backtest_1", "btyd_expected_value"].sum()
+    by_check = {o["check"]: o["metrics"]["seasonal_bgnbd_prior"]["total_predicted"] for o in record["origins"]}
+    assert by_check["backtest_1"] == pytest.approx(plain)  # backtest_2 -> backtest_1: both plain
+    assert by_check["train"] == pytest.approx(ltv.loc[ltv["cutoff"] == "train", "ltv_prior"].sum())  # both seasonal
+
+
+def test_the_head_multiplies_its_expected_values_by_the_level():
+    def model(level: float) -> SeqRecModel:
+        torch.manual_seed(0)
+        return SeqRecModel(ModelConfig(n_items=5, n_ltv_features=2, n_event_types=len(EVENT_TYPES) + 1, max_len=4,
+                                       d_model=8, n_heads=2, n_layers=1, ltv_prior=True, ltv_correction_weight=0.5,
+                                       ltv_level=level)).eval()
+
+    feats, prior = torch.randn(3, 2), torch.tensor([50.0, 2.0, 7.0])
+    p, ev = model(1.0).ltv_estimate(None, feats, prior)
+    p2, ev2 = model(0.8).ltv_estimate(None, feats, prior)
+    assert torch.equal(p, p2) and torch.allclose(ev2, 0.8 * ev)
