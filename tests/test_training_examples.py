@@ -103,3 +103,20 @@ def test_target_defaults_by_protocol():
     assert RunConfig(eval_protocol="temporal").target == "next_basket"
     assert RunConfig(eval_protocol="leave_one_out").target == "next_item"
     assert RunConfig(source="movielens", path="x").target == "next_item"
+
+
+def test_an_ltv_example_reads_only_the_history_before_its_cutoff():
+    """The encoder never sees an LTV example's label window: with the user vector in the head (ltv_user_dim > 0),
+    each training cut-off's customers are encoded from their events before that cut-off only."""
+    from models.data import epoch
+    from models.examples import ltv_examples
+
+    fs = feature_set([A, B, C, D, E], [PURCHASE] * 5)
+    fs.ts = [np.array([epoch(day) for day in ("2019-10-01", "2019-11-01", "2019-12-01", "2020-01-15", "2020-02-01")])]
+    fs.split["ltv_cutoffs"] = {"train": "2020-01-01T00:00:00", "train_1": "2019-11-15T00:00:00"}
+    row = {"user_id": "u1", "label_value": 10.0} | dict.fromkeys(LTV_FEATURES, 1.0)
+    fs.ltv = pd.DataFrame([row | {"cutoff": "train"}, row | {"cutoff": "train_1"}])
+    scaler = FeatureScaler(mean=np.zeros(len(LTV_FEATURES)), std=np.ones(len(LTV_FEATURES)), features=LTV_FEATURES)
+    found = ltv_examples(fs, train_config(RunConfig(ltv_user_dim=8, max_seq_len=6), "-", "-"), scaler)
+    histories = [row[row != 0].tolist() for row in found["ltv_items"].numpy()]
+    assert histories == [[A, B, C], [A, B]]  # train (2020-01-01): not D or E; train_1 (2019-11-15): not C either
