@@ -22,7 +22,7 @@ LTVREC = str(Path(sys.executable).parent / "ltvrec")
 # A publisher process whose connection pauses just before the first statement matching PAUSE_AT (`commit` for the
 # commit itself), after writing MARKER; the test then kills it with SIGKILL. Everything else is the real code.
 PUBLISHER = r"""
-import re, sys, time
+import os, re, sys, time
 from ltvrec import warehouse
 from test_warehouse import ltv, recs
 
@@ -35,7 +35,9 @@ class Pausing:
 
     def _maybe_pause(self, sql):
         if re.match(pause_at, sql.strip(), re.IGNORECASE):
-            open(marker, "w").write(sql)
+            with open(marker + ".tmp", "w") as f:  # renamed into place: the test never reads a half-written marker
+                f.write(sql)
+            os.replace(marker + ".tmp", marker)
             time.sleep(600)
 
     def execute(self, sql, *args, **kwargs):
