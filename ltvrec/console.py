@@ -139,6 +139,8 @@ def headline(name: str, rec: dict) -> str:
                 f"{rec.get('best_val_ndcg_10', 0):.4f}, {rec.get('device')} x{rec.get('world_size')}")
     if name == "register":
         return f"v{rec.get('version')} {rec.get('decision')}, {champions_text(rec)}"
+    if name == "ltv_backtest" and not rec.get("origins"):
+        return f"no origin: correction weight {rec.get('decisions', {}).get('ltv_correction_weight', 0):g}"
     if name == "ltv_backtest":
         decided, found = rec.get("decisions", {}), rec.get("levels", {}).get(rec.get("ziln"), 1.0)
         applied = "applied" if decided.get("ltv_level", 1.0) != 1.0 else "not applied"

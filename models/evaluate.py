@@ -132,7 +132,7 @@ def ltv_predictions(fs: FeatureSet, loaded: LoadedModel, with_btyd: bool = True)
     (BTYD x seasonal factor). The boosted trees (`gbdt`, models/ltv_backtest.py) are fitted on the training
     cut-offs' customers with the features the ZILN head reads.
     """
-    from models.ltv_backtest import fit_gbdt
+    from models.ltv_backtest import fit_gbdt, fittable
 
     frame, p, ev = predict_ltv(fs, loaded, "eval")
     if frame.empty:
@@ -141,7 +141,7 @@ def ltv_predictions(fs: FeatureSet, loaded: LoadedModel, with_btyd: bool = True)
     naive = np.maximum(frame["spend_past_h"].to_numpy(dtype=float), 0.0)
     predictions = {"ziln": (ev, p), "naive_past_spend": (naive, naive)}
     train = pd.concat([fs.ltv_frame(name) for name in fs.ltv_train_cutoffs()], ignore_index=True)
-    if len(train) and train["label_value"].sum() > 0:
+    if fittable(train):
         gbdt = fit_gbdt(train, loaded.scaler.features, seed=0)(frame)
         predictions["gbdt"] = (gbdt, gbdt)
     if "ltv_prior" in frame and frame["ltv_prior"].notna().all():

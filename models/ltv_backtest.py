@@ -42,6 +42,7 @@ FALLBACK_WEIGHT = 0.5  # when no backtest origin fits in the history (see docs/m
 LEVEL_CLIP = (0.25, 4.0)
 GINI_TOLERANCE = 0.005
 SIGMA_MIN = 0.05
+MIN_CUSTOMERS = 10  # a cut-off with fewer customers (or no spend) fits and checks nothing
 
 
 def origin_pairs(cutoffs: dict[str, str]) -> list[tuple[str, str]]:
@@ -193,8 +194,12 @@ def plain_prior(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.assign(ltv_prior=floored(frame["btyd_expected_value"].to_numpy(dtype=float)))
 
 
+def fittable(frame: pd.DataFrame | None) -> bool:
+    return frame is not None and len(frame) >= MIN_CUSTOMERS and frame["label_value"].sum() > 0
+
+
 def _usable(frame: pd.DataFrame | None, use_prior: bool) -> bool:
-    if frame is None or len(frame) < 10 or frame["label_value"].sum() <= 0:
+    if not fittable(frame):
         return False
     return not use_prior or ("ltv_prior" in frame and bool(frame["ltv_prior"].notna().all()))
 
