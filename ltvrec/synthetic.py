@@ -121,11 +121,16 @@ def join_and_lifetime(rng: np.random.Generator, regime: str, n_users: int, span_
     return rng.uniform(0, 0.75, size=n_users) * span_s, rng.exponential(scale=0.6, size=n_users) * span_s
 
 
+def ageing_time_constant(span_s: float) -> float:
+    """tau of the ageing regime's activity exp(-t / tau), in seconds: it halves every AGEING_HALF_LIFE of the span."""
+    return AGEING_HALF_LIFE * span_s / np.log(2)
+
+
 def exposure(regime: str, active_s: float, span_s: float) -> float:
     """Seconds of full activity a lifetime of `active_s` amounts to: its activity decays in the ageing regime."""
     if regime != "ageing":
         return active_s
-    tau = AGEING_HALF_LIFE * span_s / np.log(2)
+    tau = ageing_time_constant(span_s)
     return tau * (1 - np.exp(-active_s / tau))
 
 
@@ -134,7 +139,7 @@ def event_times(rng: np.random.Generator, regime: str, first: float, active_s: f
     """`n` sorted event times (seconds from the start of the span) in [first, first + active_s), shaped by the
     regime; the seasonal regime keeps fewer of them (at least one)."""
     if regime == "ageing":  # density exp(-t / tau) from the user's first moment: inverse CDF of a truncated exponential
-        tau = AGEING_HALF_LIFE * span_s / np.log(2)
+        tau = ageing_time_constant(span_s)
         u = rng.uniform(0, 1, size=n)
         ts = first - tau * np.log(1 - u * (1 - np.exp(-active_s / tau)))
     else:

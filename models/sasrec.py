@@ -16,6 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 
+SIGMA_MIN = 0.05  # the ZILN lognormal sigma's lower bound (ziln_sigma)
+
+
 @dataclass
 class ModelConfig:
     n_items: int  # catalogue size + 1 (index 0 is padding)
@@ -40,8 +43,8 @@ class ModelConfig:
     ltv_level: float = 1.0
 
     def __post_init__(self):
-        if not self.ltv_sigma_max > 0.05:
-            raise ValueError(f"ltv_sigma_max must be > 0.05 (sigma's lower bound), got {self.ltv_sigma_max!r}")
+        if not self.ltv_sigma_max > SIGMA_MIN:
+            raise ValueError(f"ltv_sigma_max must be > {SIGMA_MIN} (sigma's lower bound), got {self.ltv_sigma_max!r}")
 
 
 # codes of the time since the previous event: 0 padding, 1 none (first event of the window), 2 the same second (one
@@ -110,10 +113,7 @@ class SeqRecModel(nn.Module):
         # a narrow view of the user vector: with a few thousand customers, all 64 dimensions overfit the head
         if cfg.ltv_user_dim:
             self.ltv_user = nn.Sequential(nn.Linear(cfg.d_model, cfg.ltv_user_dim), nn.Dropout(cfg.dropout))
-        self.ltv_head = nn.Sequential(
-            nn.Linear(cfg.ltv_user_dim + cfg.n_ltv_features, cfg.d_model), nn.GELU(),
-            nn.Linear(cfg.d_model, cfg.d_model), nn.GELU(), nn.Linear(cfg.d_model, 3)
-        )
+        self.ltv_head = ltv_head(cfg.ltv_user_dim + cfg.n_ltv_features, cfg.d_model)
         nn.init.normal_(self.item_emb.weight, std=0.02)
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
@@ -166,7 +166,7 @@ class SeqRecModel(nn.Module):
             if prior is None:
                 raise ValueError("this model's LTV head corrects a prior (ltv_prior): pass the customers' ltv_prior")
             mu = mu + torch.log(prior.to(mu.dtype))
-        return out[:, 0], mu, 0.05 + (self.cfg.ltv_sigma_max - 0.05) * torch.sigmoid(out[:, 2])
+        return out[:, 0], mu, ziln_sigma(out[:, 2], self.cfg.ltv_sigma_max)
 
     def ltv_estimate(self, user_vec: torch.Tensor | None, feats: torch.Tensor, prior: torch.Tensor | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -177,8 +177,7 @@ class SeqRecModel(nn.Module):
         p, ev = ziln_expected_value(*self.ltv_params(user_vec, feats, prior))
         w = self.cfg.ltv_correction_weight
         if self.cfg.ltv_prior and w != 1.0:
-            log_prior = torch.log(prior.to(ev.dtype))
-            ev = torch.exp(log_prior + w * (torch.log(ev.clamp(min=1e-30)) - log_prior))
+            ev = shrink_to_prior(ev, prior, w)
         return p, ev * self.cfg.ltv_level
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -289,6 +288,23 @@ def ziln_loss(logit, mu, sigma, y, mask=None) -> torch.Tensor:
     nll = log_y + torch.log(sigma) + 0.5 * math.log(2 * math.pi) + (log_y - mu) ** 2 / (2 * sigma**2)
     per_example = bce + positive * nll
     return (per_example * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def ltv_head(n_inputs: int, width: int) -> nn.Sequential:
+    """The LTV head's layers: inputs -> (purchase logit, lognormal mu or its correction, sigma pre-activation)."""
+    return nn.Sequential(nn.Linear(n_inputs, width), nn.GELU(), nn.Linear(width, width), nn.GELU(),
+                         nn.Linear(width, 3))
+
+
+def ziln_sigma(raw: torch.Tensor, sigma_max: float) -> torch.Tensor:
+    """The lognormal sigma in (SIGMA_MIN, sigma_max] from the head's third output."""
+    return SIGMA_MIN + (sigma_max - SIGMA_MIN) * torch.sigmoid(raw)
+
+
+def shrink_to_prior(ev: torch.Tensor, prior: torch.Tensor, w: float) -> torch.Tensor:
+    """prior^(1 - w) * ev^w: the share w of the ZILN's correction of the prior, kept in log space."""
+    log_prior = torch.log(prior.to(ev.dtype))
+    return torch.exp(log_prior + w * (torch.log(ev.clamp(min=1e-30)) - log_prior))
 
 
 def ziln_expected_value(logit, mu, sigma) -> tuple[torch.Tensor, torch.Tensor]:
