@@ -12,6 +12,11 @@ ingest -> GX gate (raw) -> dbt (a task per model, with its tests) -> quarantine 
 Trigger with params (UI "Trigger DAG w/ config", `airflow dags trigger -c`, or `ltvrec run`), e.g.
 `{"source": "online_retail", "path": "/data/online_retail_II.parquet", "top_n": 10}`; every param is documented in
 the trigger form. Tasks pass only the run folder between them; every stage lives in `ltvrec.stages`.
+
+Scheduled: `LTVREC_SCHEDULE` (a cron expression or preset such as `@daily`; unset: manual runs only) and
+`LTVREC_PARAMS` (JSON: the params' defaults, which scheduled runs use). A scheduled or backfilled run is for the date
+of its data interval's end (`run_date`): it sees only the events before that date and publishes its partition.
+Backfill with Airflow's own `airflow backfill create` or `ltvrec backfill`.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from cosmos import DbtTaskGroup, ExecutionConfig, ProfileConfig, ProjectConfig, 
 from cosmos.constants import InvocationMode, LoadMode, TestBehavior
 
 from ltvrec import cleaning
-from ltvrec.config import DAG_ID, dag_params
+from ltvrec.config import DAG_ID, dag_params, default_params
 
 # Executors that route by queue (the stack's Edge workers, Celery) send training to workers of this queue only;
 # scoring goes there too when LTVREC_SCORE_QUEUE says so (local scoring uses the GPU it finds)
@@ -87,15 +92,18 @@ def stage_task(name: str, **kwargs):
     return run
 
 
-@dag(dag_id=DAG_ID, schedule=None, start_date=datetime(2024, 1, 1), catchup=False, max_active_runs=1,
-     default_args=default_args, tags=["ltvrec", "ml", "recommendations", "ltv"], doc_md=__doc__, params=dag_params())
+@dag(dag_id=DAG_ID, schedule=os.environ.get("LTVREC_SCHEDULE") or None, start_date=datetime(2024, 1, 1),
+     catchup=False, max_active_runs=1, default_args=default_args, tags=["ltvrec", "ml", "recommendations", "ltv"],
+     doc_md=__doc__, params=dag_params(default_params()))
 def ltvrec_batch():
     @task
     def prepare() -> str:
         from ltvrec import stages
 
         context = get_current_context()
-        return stages.prepare(dict(context["params"]), context["run_id"])
+        params = stages.for_data_interval(dict(context["params"]), str(context["dag_run"].run_type),
+                                          context.get("data_interval_end"))
+        return stages.prepare(params, context["run_id"])
 
     run_dir = stage_task("gate_raw")(stage_task("ingest")(prepare()))
     dbt = dbt_task_group("dbt_build")

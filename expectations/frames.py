@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from ltvrec.cleaning import deferred_count
+
 VOLUME_COLUMNS = ["raw_events", "previous_raw_events", "previous_run", "ratio"]
 
 
@@ -25,8 +27,8 @@ def raw(wh, previous: dict | None, max_volume_ratio: float) -> tuple[dict[str, p
 
 
 def cleaned(wh, max_quarantine_share: float) -> tuple[dict[str, pd.DataFrame], dict]:
-    """The dbt marts, and the share of raw events dbt quarantined."""
-    n_raw = wh.query("select count(*) as n from raw.events").to_pylist()[0]["n"]
+    """The dbt marts, and the share of this run's raw events (those not deferred to a later run) dbt quarantined."""
+    n_raw = wh.query("select count(*) as n from raw.events").to_pylist()[0]["n"] - deferred_count(wh)
     n_bad = wh.query("select count(*) as n from marts.events_quarantine").to_pylist()[0]["n"]
     frames = {"fct_events": wh.query("select * from marts.fct_events").to_pandas(),
               "dim_items": wh.query("select * from marts.dim_items").to_pandas(),

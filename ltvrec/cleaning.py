@@ -23,20 +23,27 @@ MANIFEST = DBT_PROJECT / "target" / "manifest.json"
 PROFILES = DBT_PROJECT / "profiles.yml"
 
 
-def dbt_vars(as_of: str) -> dict:
-    """The project's vars: the run date (YYYY-MM-DD) and the event vocabulary."""
-    return {"as_of": as_of, "event_types": list(EVENT_TYPES), "raw_only_event_types": list(RAW_ONLY_EVENT_TYPES)}
+def dbt_vars(as_of: str, defer_from: str = "") -> dict:
+    """The project's vars: the date events after which are in the future (YYYY-MM-DD), the date from which events
+    belong to later runs (YYYY-MM-DD, or empty: none do) and the event vocabulary."""
+    return {"as_of": as_of, "defer_from": defer_from, "event_types": list(EVENT_TYPES),
+            "raw_only_event_types": list(RAW_ONLY_EVENT_TYPES)}
 
 
-def run_as_of(cfg) -> str:
-    """The run date dbt judges "late" and "future" by: the run's `as_of`, else today (UTC), not the latest event."""
-    return cfg.as_of or datetime.now(timezone.utc).date().isoformat()
+def run_vars(cfg) -> dict:
+    """The vars of a run. A run for a run_date defers the events at or after it (a later run's, in a backfill of
+    history or a scheduled run that starts after its interval's end) and judges the future by today's date (UTC); a
+    run with an as_of judges it by that day; else by today, not by the latest event."""
+    today = datetime.now(timezone.utc).date().isoformat()
+    if cfg.run_date:
+        return dbt_vars(today, cfg.run_date)
+    return dbt_vars(cfg.as_of or today)
 
 
-def dbt_build(wh, as_of: str, target_path: Path, log_path: Path) -> dict:
-    """`dbt build` (models, data tests, unit tests) on `wh` (a ltvrec.warehouse.Warehouse) in one call; raises naming
-    the failed nodes. Returns `cleaning_record(wh)`."""
-    result = run_dbt(wh, ["build"], dbt_vars(as_of), target_path, log_path)
+def dbt_build(wh, dbt_vars: dict, target_path: Path, log_path: Path) -> dict:
+    """`dbt build` (models, data tests, unit tests) on `wh` (a ltvrec.warehouse.Warehouse) with `dbt_vars` in one
+    call; raises naming the failed nodes. Returns `cleaning_record(wh)`."""
+    result = run_dbt(wh, ["build"], dbt_vars, target_path, log_path)
     if not result.success:
         failed = [f"{r.node.resource_type} {r.node.name}: {r.status} ({r.message})"
                   for r in (result.result or []) if str(r.status) in ("error", "fail")]
@@ -51,8 +58,14 @@ def cleaning_record(wh) -> dict:
     events, items = reject_counts(wh, "events_quarantine"), reject_counts(wh, "items_quarantine")
     n_clean = wh.query("select count(*) as n from marts.fct_events").to_pylist()[0]["n"]
     return {"rows": {"fct_events": int(n_clean), "quarantined": sum(events.values()),
-                     "items_quarantined": sum(items.values())},
+                     "items_quarantined": sum(items.values()), "deferred": deferred_count(wh)},
             "quarantine": events, "quarantine_items": items}
+
+
+def deferred_count(wh) -> int:
+    """Raw events dbt left to later runs (at or after the run's run_date, var defer_from)."""
+    return int(wh.query("select count(*) as n from intermediate.int_events_checked where is_deferred")
+               .to_pylist()[0]["n"])
 
 
 def run_dbt(wh, args: list[str], dbt_vars: dict, target_path: Path, log_path: Path):
@@ -107,7 +120,7 @@ def for_this_run(context, operator) -> None:
     run = RunDir(Path(context["ti"].xcom_pull(task_ids="prepare")))
     cfg = run.config()
     target, env = warehouse.connect(cfg.resolved_warehouse_url).dbt_target()
-    operator.vars = dbt_vars(run_as_of(cfg))
+    operator.vars = run_vars(cfg)
     operator.env = {**(operator.env or {}), **env, "DBT_LOG_PATH": str(run.dbt / "logs")}
     operator.profile_config = dataclasses.replace(operator.profile_config, target_name=target)
     run.mark_started("dbt_build")

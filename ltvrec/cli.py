@@ -9,6 +9,7 @@ import dataclasses
 import inspect
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -64,9 +65,9 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def execute(params: dict, verbose: bool, on_stack: bool = False) -> None:
+def execute(params: dict, verbose: bool, on_stack: bool = False, backfill: tuple[str, str] | None = None) -> None:
     """Check the params and the input, then run the DAG in-process and follow it (ltvrec/console.py), or trigger it
-    on the running stack and follow it there (ltvrec/on_stack.py)."""
+    on the running stack and follow it there (ltvrec/on_stack.py; `backfill`: Airflow's backfill of these dates)."""
     from ltvrec import cleaning, console, sources
 
     try:
@@ -79,7 +80,7 @@ def execute(params: dict, verbose: bool, on_stack: bool = False) -> None:
         from ltvrec import on_stack as stack_run
 
         try:
-            code = stack_run.execute(params)
+            code = stack_run.backfill(params, *backfill) if backfill else stack_run.execute(params)
         except (RuntimeError, OSError) as exc:
             fail(str(exc), 1)
         raise typer.Exit(code)
@@ -92,7 +93,13 @@ def execute(params: dict, verbose: bool, on_stack: bool = False) -> None:
 
 def run(**options) -> None:
     """Run the ltvrec_batch DAG in-process (`airflow dags test`) on a data source, or on the stack (`--on-stack`)."""
-    conf, verbose, on_stack = options.pop("conf"), options.pop("verbose"), options.pop("on_stack")
+    verbose, on_stack = options.pop("verbose"), options.pop("on_stack")
+    execute(run_params(options), verbose, on_stack)
+
+
+def run_params(options: dict) -> dict:
+    """The params of the knob options given (paths made absolute) and of --conf."""
+    conf = options.pop("conf")
     params = {k: v for k, v in options.items() if v is not None}
     for key in PATH_KNOBS:
         if key in params:
@@ -101,7 +108,53 @@ def run(**options) -> None:
         params |= json.loads(conf) if conf else {}
     except json.JSONDecodeError as exc:
         fail(f"--conf is not valid JSON ({exc})")
-    execute(params, verbose, on_stack)
+    return params
+
+
+def backfill(**options) -> None:
+    """One run of ltvrec_batch per date from --from to --to, oldest first: each sees only the events before its date
+    and publishes its date's partition (a date run again is replaced). In-process, one `airflow dags test` after
+    another, stopping at the first failure; or on the stack with Airflow's own backfill (`--on-stack`: the dates are
+    the DAG's schedule's, LTVREC_SCHEDULE)."""
+    first, last, every = options.pop("from_date"), options.pop("to_date"), options.pop("every")
+    verbose, on_stack = options.pop("verbose"), options.pop("on_stack")
+    params = run_params(options)
+    if params.get("run_date") or params.get("as_of"):
+        fail("a backfill sets each run's run_date: leave run_date and as_of out")
+    try:
+        dates = run_dates(first, last, every)
+    except ValueError as exc:
+        fail(str(exc))
+    if on_stack:
+        if every is not None:
+            fail("--every is for in-process backfills: on the stack the DAG's schedule (LTVREC_SCHEDULE) sets the dates")
+        execute(params, verbose, on_stack=True, backfill=(dates[0], dates[-1]))
+    for i, run_date in enumerate(dates):
+        typer.echo(f"backfill {i + 1}/{len(dates)}: run_date {run_date}")
+        try:
+            execute(params | {"run_date": run_date}, verbose)
+        except typer.Exit as done:
+            if done.exit_code != 0:
+                fail(f"the run for {run_date} failed; done: {', '.join(dates[:i]) or 'none'}; not run: "
+                     f"{', '.join(dates[i + 1:]) or 'none'}", done.exit_code)
+    typer.echo(f"backfilled {len(dates)} date(s): {', '.join(dates)}")
+
+
+def run_dates(first: str, last: str, every: str | None) -> list[str]:
+    """The run dates from `first` to `last` (inclusive when the step lands on it), `every` ('7d') days apart."""
+    from datetime import date, timedelta
+
+    try:
+        start, end = date.fromisoformat(first), date.fromisoformat(last)
+    except ValueError as exc:
+        raise ValueError(f"--from and --to must be dates YYYY-MM-DD ({exc})") from None
+    match = re.fullmatch(r"([1-9][0-9]*)d", every or "1d")
+    if not match:
+        raise ValueError(f"--every must be a number of days such as 1d or 7d, got {every!r}")
+    if end < start:
+        raise ValueError(f"--to {last} is before --from {first}")
+    step = int(match.group(1))
+    return [(start + timedelta(days=d)).isoformat() for d in range(0, (end - start).days + 1, step)]
 
 
 def _knob_option(f: dataclasses.Field) -> inspect.Parameter:
@@ -116,16 +169,27 @@ def _knob_option(f: dataclasses.Field) -> inspect.Parameter:
     return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=Optional[PY_TYPES[kind]])
 
 
-run.__signature__ = inspect.Signature([_knob_option(f) for f in knobs()] + [
-    inspect.Parameter("conf", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str], default=typer.Option(
-        None, help="more params as JSON, e.g. '{\"holdout_days\": 7}'")),
-    inspect.Parameter("verbose", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=typer.Option(
-        False, "--verbose", "-v", help="stream every log (Airflow, dbt, Spark, torchrun) to the terminal")),
-    inspect.Parameter("on_stack", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=typer.Option(
-        False, "--on-stack", help="trigger the DAG on the running stack (`ltvrec stack up`) through Airflow's REST "
-                                  "API and follow it, instead of running it in-process")),
-])
+def _option(name: str, annotation, option) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=option)
+
+
+RUN_OPTIONS = [_knob_option(f) for f in knobs()] + [
+    _option("conf", Optional[str], typer.Option(None, help="more params as JSON, e.g. '{\"holdout_days\": 7}'")),
+    _option("verbose", bool, typer.Option(False, "--verbose", "-v", help="stream every log (Airflow, dbt, Spark, "
+                                                                        "torchrun) to the terminal")),
+    _option("on_stack", bool, typer.Option(False, "--on-stack", help="trigger the DAG on the running stack (`ltvrec "
+                                                                     "stack up`) through Airflow's REST API and follow "
+                                                                     "it, instead of running it in-process")),
+]
+run.__signature__ = inspect.Signature(RUN_OPTIONS)
 app.command()(run)
+backfill.__signature__ = inspect.Signature([
+    _option("from_date", str, typer.Option(..., "--from", help="first run date, YYYY-MM-DD")),
+    _option("to_date", str, typer.Option(..., "--to", help="last run date, YYYY-MM-DD (a run on it if the step lands "
+                                                           "there)")),
+    _option("every", Optional[str], typer.Option(None, help="days between run dates, e.g. 1d (default) or 7d")),
+] + RUN_OPTIONS)
+app.command()(backfill)
 
 
 @app.command()

@@ -12,6 +12,7 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
+from datetime import date, timedelta
 from pathlib import Path
 
 # The clean event types; a type's integer code in sequences is its position + 1 (0 is padding). Passed to the
@@ -57,8 +58,12 @@ class RunConfig:
     source: str = knob("synthetic", "input layout", "data", choices=SOURCES)
     path: str | None = knob(None, "input file or folder (every source but synthetic)", "data")
     items_path: str | None = knob(None, "item catalogue file (events source)", "data")
-    as_of: str | None = knob(None, "run date YYYY-MM-DD; default: the day of the last event", "data",
+    as_of: str | None = knob(None, "the last day whose events the run sees, YYYY-MM-DD, and the partition it publishes; "
+                             "default: the day of the last event", "data",
                              pattern=r"\d{4}-\d{2}-\d{2}")
+    run_date: str | None = knob(None, "the date this run is for: it sees only events before it and publishes its "
+                                "partition (as_of is the day before); scheduled and backfilled runs get their data "
+                                "interval's end", "data", pattern=r"\d{4}-\d{2}-\d{2}")
     synthetic_users: int = knob(2000, "users of the synthetic source", "data", minimum=1)
     synthetic_items: int = knob(300, "items of the synthetic source", "data", minimum=2)
     synthetic_days: int = knob(365, "days of history of the synthetic source", "data", minimum=30)
@@ -166,6 +171,8 @@ class RunConfig:
             self.target = "next_basket" if self.eval_protocol == "temporal" else "next_item"
         for f in dataclasses.fields(self):
             check_value(f, getattr(self, f.name))
+        if self.run_date:
+            self.as_of = check_run_date(self.run_date, self.as_of)
         if self.source != "synthetic" and not self.path:
             raise ValueError(f"source {self.source!r} needs a path (--path)")
         if self.nnodes > 1 and not self.rdzv_endpoint:
@@ -201,6 +208,18 @@ class RunConfig:
     @property
     def resolved_spark_master(self) -> str:
         return self.spark_master or os.environ.get("LTVREC_SPARK_MASTER", "local[2]")
+
+
+def check_run_date(run_date: str, as_of: str | None) -> str:
+    """The as_of of a run for `run_date` (the day before: the last day whose events it sees); raises when an as_of is
+    also given and says otherwise."""
+    try:
+        day_before = (date.fromisoformat(run_date) - timedelta(days=1)).isoformat()
+    except ValueError as exc:
+        raise ValueError(f"config key 'run_date': {run_date!r} is not a date ({exc})") from None
+    if as_of and as_of != day_before:
+        raise ValueError(f"run_date {run_date} sees events up to {day_before}, as_of says {as_of}: give one of them")
+    return day_before
 
 
 def default_model_name(source: str, path: str | None) -> str:
@@ -261,8 +280,26 @@ def default_text(f: dataclasses.Field) -> str:
     return "none" if f.default is None else json.dumps(f.default)
 
 
-def dag_params() -> dict:
-    """The DAG's Params, one per knob, with its JSON-schema type, allowed values and bounds."""
+def default_params() -> dict:
+    """The params' defaults a deployment sets in $LTVREC_PARAMS (JSON): what its scheduled runs use (a manual run's
+    params win). Checked here, so a bad value fails the DAG's import naming the knob."""
+    raw = os.environ.get("LTVREC_PARAMS") or "{}"
+    try:
+        values = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"LTVREC_PARAMS is not valid JSON ({exc}): {raw!r}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"LTVREC_PARAMS must be a JSON object of params, got {raw!r}")
+    try:
+        RunConfig.from_dict(values)
+    except ValueError as exc:
+        raise ValueError(f"LTVREC_PARAMS: {exc}") from None
+    return values
+
+
+def dag_params(defaults: dict | None = None) -> dict:
+    """The DAG's Params, one per knob, with its JSON-schema type, allowed values and bounds; `defaults` replace the
+    knobs' own defaults."""
     from airflow.sdk import Param
 
     params = {}
@@ -278,7 +315,7 @@ def dag_params() -> dict:
                 schema[schema_key] = meta[key]
         if meta["pattern"]:
             schema["pattern"] = f"^{meta['pattern']}$"
-        params[f.name] = Param(f.default, **schema)
+        params[f.name] = Param((defaults or {}).get(f.name, f.default), **schema)
     return params
 
 

@@ -91,19 +91,61 @@ def run_folder(client: AirflowClient, run_id: str) -> RunDir | None:
     return RunDir(path) if (path / "config.json").exists() else None
 
 
-def execute(params: dict) -> int:
-    """Trigger, follow, summarise; the exit code for the CLI."""
-    from ltvrec import console as view
-
+def running_stack() -> Stack:
+    """The stack `ltvrec stack up` started, its services' URLs in this process's environment."""
     stack = Stack()
     if not stack.settings_file.exists():
         raise RuntimeError(f"no stack in {stack.root}: start one with `ltvrec stack up`")
     os.environ.update({k: v for k, v in stack.service_env().items() if k in ("LTVREC_WAREHOUSE_URL", "MLFLOW_TRACKING_URI")})
-    out, err = Console(highlight=False), Console(stderr=True, highlight=False)
+    return stack
+
+
+def execute(params: dict) -> int:
+    """Trigger, follow, summarise; the exit code for the CLI."""
+    stack = running_stack()
+    out = Console(highlight=False)
     client, started = stack.airflow(), time.time()
     run_id = trigger(client, params)
     out.print(f"triggered {DAG_ID} run {run_id} on {stack.airflow_url}", soft_wrap=True, markup=False)
-    state = follow(client, run_id, out)
+    return conclude(stack, client, run_id, follow(client, run_id, out), started)
+
+
+def backfill(params: dict, first: str, last: str) -> int:
+    """Airflow's own backfill of the scheduled dates from `first` to `last` (completed ones again: a date's partition
+    is replaced), each run with `params`; follow the runs one by one, oldest first, and summarise each."""
+    stack = running_stack()
+    out = Console(highlight=False)
+    client = stack.airflow()
+    wait_for_dag(client)
+    if not client.get(f"/api/v2/dags/{DAG_ID}").get("timetable_periodic"):
+        raise RuntimeError(f"{DAG_ID} has no schedule on the stack, and Airflow backfills scheduled dates only: start "
+                           "the stack with LTVREC_SCHEDULE set (e.g. @daily)")
+    window = {"from_date": f"{first}T00:00:00Z", "to_date": f"{last}T00:00:00Z"}
+    created = client.post("/api/v2/backfills", {"dag_id": DAG_ID, **window, "dag_run_conf": params,
+                                                "reprocess_behavior": "completed", "max_active_runs": 1})
+    out.print(f"Airflow backfill {created['id']} of {DAG_ID}, {first} to {last}, on {stack.airflow_url}", markup=False)
+    followed, codes = set(), []
+    while True:
+        runs = client.get(f"/api/v2/dags/{DAG_ID}/dagRuns?run_type=backfill&logical_date_gte={window['from_date']}"
+                          f"&logical_date_lte={window['to_date']}&order_by=logical_date&limit=100")["dag_runs"]
+        waiting = [r for r in runs if r["dag_run_id"] not in followed]
+        if not waiting and client.get(f"/api/v2/backfills/{created['id']}").get("completed_at"):
+            break
+        for dag_run in waiting[:1]:
+            followed.add(dag_run["dag_run_id"])
+            out.print(f"run {dag_run['dag_run_id']} (logical date {dag_run['logical_date']})", markup=False)
+            started = time.time()
+            codes.append(conclude(stack, client, dag_run["dag_run_id"],
+                                  follow(client, dag_run["dag_run_id"], out), started))
+        time.sleep(0 if waiting else 2)
+    return max(codes, default=1)
+
+
+def conclude(stack: Stack, client: AirflowClient, run_id: str, state: str, started: float) -> int:
+    """Print the ended run's summary (or its failure); the exit code for the CLI."""
+    from ltvrec import console as view
+
+    out, err = Console(highlight=False), Console(stderr=True, highlight=False)
     run = run_folder(client, run_id)
     logs = stack.root / "airflow" / "logs" / f"dag_id={DAG_ID}" / f"run_id={run_id}"
     if state == "success" and run is not None and run.summary_file.exists():

@@ -104,7 +104,9 @@ class RunDir:
 
     @property
     def run_date(self) -> str:
-        return self.split()["as_of"]
+        """The serving tables' partition this run publishes: its run_date (events before it), else its as_of (events
+        up to it; by default the day of the last event, as the features job found it)."""
+        return self.config().run_date or self.split()["as_of"]
 
     def train_result(self) -> dict:
         return json.loads((self.train / "result.json").read_text())

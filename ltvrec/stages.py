@@ -12,6 +12,7 @@ import functools
 import logging
 import time
 from contextlib import contextmanager
+from datetime import timezone
 from pathlib import Path
 
 from ltvrec import cleaning, launch, promotion, serving, sources, synthetic, tracking, warehouse
@@ -71,6 +72,14 @@ def record_failure(run_id: str, task_id: str, error: object) -> None:
         run.mark_failed(name, f"{task}: {error}" if task else str(error))
 
 
+def for_data_interval(params: dict, run_type: str, interval_end) -> dict:
+    """A scheduled or backfilled run is for the date (UTC) of its data interval's end, its run_date, unless its params
+    name a date (run_date or as_of); a manual run keeps its params."""
+    if run_type not in ("scheduled", "backfill") or interval_end is None or params.get("run_date") or params.get("as_of"):
+        return params
+    return params | {"run_date": interval_end.astimezone(timezone.utc).date().isoformat()}
+
+
 def prepare(params: dict, run_id: str, dag_id: str = DAG_ID) -> str:
     """Validate the params and the input's path, type and header, create the run folder and its MLflow run."""
     started = time.time()
@@ -121,7 +130,7 @@ def dbt_build(run: RunDir) -> dict:
     """The whole dbt project in one `dbt build` (models, schema and unit tests) on the run's warehouse, for callers
     outside Airflow (tests, benchmarks). The DAG runs the same project as a task per model (dags/ltvrec_batch.py)."""
     cfg = run.config()
-    cleaning.dbt_build(warehouse.connect(cfg.resolved_warehouse_url), cleaning.run_as_of(cfg), run.dbt / "target",
+    cleaning.dbt_build(warehouse.connect(cfg.resolved_warehouse_url), cleaning.run_vars(cfg), run.dbt / "target",
                        run.dbt / "logs")
     return {}
 
@@ -165,7 +174,7 @@ def features(run: RunDir) -> dict:
             "--event-types", ",".join(EVENT_TYPES), *(["--as-of", cfg.as_of] if cfg.as_of else [])]
     launch.spark_submit("features.py", args, cfg.resolved_spark_master, run.log_file("features"), launch.C1_JIT)
     split = run.split()
-    tracking.name_run(cfg, run.mlflow_run_id, split["as_of"])
+    tracking.name_run(cfg, run.mlflow_run_id, run.run_date)
     return {"rows": rows | feature_rows(run.features), "split": split}
 
 
@@ -325,7 +334,7 @@ def score(run: RunDir) -> dict:
         raise RuntimeError(f"no @champion of {cfg.registered_model} in the registry to score with")
     split = run.split()
     checkpoint, horizon_days = champion_model(cfg, versions, run.scores, split["horizon_days"])
-    meta = serving.run_metadata(split["as_of"], cfg.registered_model, versions, run.mlflow_run_id, horizon_days)
+    meta = serving.run_metadata(run.run_date, cfg.registered_model, versions, run.mlflow_run_id, horizon_days)
     with serving.ScoresWriter(run.scores, meta, run.progress_file("score")) as writer:
         if cfg.score_engine == "spark":
             spark_out = run.scores / "spark"
@@ -340,7 +349,7 @@ def score(run: RunDir) -> dict:
                      "only LTV estimates are published")
         log.warning(notes[-1])
     return {"rows": writer.rows | {"users_scored": writer.users}, "champion_version": versions["recommendation"],
-            "ltv_champion_version": versions["ltv"], "ltv_horizon_days": horizon_days, "run_date": split["as_of"],
+            "ltv_champion_version": versions["ltv"], "ltv_horizon_days": horizon_days, "run_date": run.run_date,
             "engine": cfg.score_engine, "notes": notes}
 
 

@@ -43,7 +43,7 @@ def start_run(cfg: RunConfig, run, airflow_run_id: str, dag_id: str) -> None:
 
     experiment_id = configure(cfg.experiment)
     tags = {"airflow_run_id": airflow_run_id, "airflow_dag_id": dag_id, "source": cfg.source}
-    with mlflow.start_run(run_name=run_name(cfg.source, cfg.as_of), tags=tags) as started:
+    with mlflow.start_run(run_name=run_name(cfg.source, cfg.run_date or cfg.as_of), tags=tags) as started:
         logged = cfg.to_dict() | {"warehouse_url": redact_url(cfg.warehouse_url)}
         mlflow.log_params({f"cfg_{k}": v for k, v in logged.items()})
     run.save_mlflow_run(started.info.run_id, experiment_id)

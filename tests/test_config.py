@@ -22,6 +22,8 @@ def test_unknown_keys_are_rejected():
         ({"source": "csv"}, "source"),
         ({"source": "events"}, "needs a path"),
         ({"as_of": "22/11/2026"}, "as_of"),
+        ({"run_date": "2026-02-30"}, "run_date"),
+        ({"run_date": "2026-06-08", "as_of": "2026-06-08"}, "give one of them"),
         ({"top_n": True}, "top_n"),
     ],
 )
@@ -111,6 +113,36 @@ def test_the_cli_passes_only_what_was_given(monkeypatch):
     assert seen == {"params": {"top_n": 5, "item_text": False, "holdout_days": 7}, "verbose": False, "on_stack": False}
     CliRunner().invoke(cli.app, ["run", "--on-stack", "--nnodes", "2", "--rdzv-endpoint", "gpu-0:29400"])
     assert seen["on_stack"] and seen["params"] == {"nnodes": 2, "rdzv_endpoint": "gpu-0:29400"}
+
+
+def test_a_run_for_a_date_sees_the_days_before_it_and_survives_a_round_trip(tmp_path):
+    cfg = RunConfig.from_dict({"run_date": "2026-03-01"})
+    assert cfg.as_of == "2026-02-28"  # the last day whose events it sees
+    cfg.save(tmp_path / "config.json")
+    assert RunConfig.load(tmp_path / "config.json") == cfg
+
+
+def test_a_backfill_runs_each_date_in_turn_and_stops_at_the_first_failure(monkeypatch):
+    import typer
+    from typer.testing import CliRunner
+
+    from ltvrec import cli
+
+    seen = []
+
+    def execute(params, verbose, on_stack=False, backfill=None):
+        seen.append(params["run_date"])
+        raise typer.Exit(1 if params["run_date"] == "2026-06-15" else 0)
+
+    monkeypatch.setattr(cli, "execute", execute)
+    args = ["backfill", "--from", "2026-06-01", "--to", "2026-06-20", "--every", "7d", "--top-n", "5"]
+    result = CliRunner().invoke(cli.app, args)
+    assert seen == ["2026-06-01", "2026-06-08", "2026-06-15"] and result.exit_code == 1
+    assert "done: 2026-06-01, 2026-06-08; not run: none" in result.output
+    for bad, message in ((["--every", "1w"], "--every"), (["--to", "2026-05-01"], "before --from"),
+                         (["--run-date", "2026-06-02"], "leave run_date and as_of out")):
+        result = CliRunner().invoke(cli.app, ["backfill", "--from", "2026-06-01", "--to", "2026-06-03", *bad])
+        assert result.exit_code == 2 and message in result.output, result.output
 
 
 def test_more_than_one_node_needs_a_rendezvous():

@@ -55,7 +55,8 @@ def test_every_dbt_model_is_a_task_between_the_raw_gate_and_the_quarantine_recor
         assert task.on_failure_callback and task.retries >= 2
     # a test of several models runs once, after all of them: its own task (conservation of raw rows)
     conserved = dag.get_task("dbt_build.assert_events_conserved_test").upstream_task_ids
-    assert conserved == {"dbt_build.fct_events_model_build", "dbt_build.events_quarantine_model_build"}
+    assert conserved == {"dbt_build.fct_events_model_build", "dbt_build.events_quarantine_model_build",
+                         "dbt_build.int_events_checked_model_build"}  # which counts the events deferred
 
 
 def test_parsing_the_dag_imports_neither_dbt_nor_the_heavy_libraries_and_routes_scoring_when_asked():
@@ -72,6 +73,45 @@ def test_parsing_the_dag_imports_neither_dbt_nor_the_heavy_libraries_and_routes_
                          env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[] gpu gpu"
+
+
+def test_a_deployment_schedules_the_dag_and_sets_the_scheduled_runs_params():
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = ("from airflow.dag_processing.dagbag import DagBag; b = DagBag(dag_folder='dags'); "
+            "print(b.import_errors or '', b.dags['ltvrec_batch'].schedule if b.dags else '', "
+            "b.dags['ltvrec_batch'].params['source'] if b.dags else '', b.dags['ltvrec_batch'].params['top_n'] "
+            "if b.dags else '')")
+
+    def parse(**env) -> str:
+        out = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                             timeout=300, env=os.environ | env)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stdout.strip().splitlines()[-1]
+
+    params = {"source": "events", "path": "/data/events.parquet", "top_n": 20}
+    assert parse(LTVREC_SCHEDULE="@daily", LTVREC_PARAMS=json.dumps(params)) == " @daily events 20"
+    assert parse(LTVREC_SCHEDULE="", LTVREC_PARAMS="") == " None synthetic 10"
+    # a bad default fails the DAG's import naming the knob, not every scheduled run
+    assert "top_n" in parse(LTVREC_SCHEDULE="@daily", LTVREC_PARAMS='{"top_n": 0}')
+
+
+def test_a_scheduled_or_backfilled_run_is_for_its_data_intervals_end():
+    from datetime import datetime, timedelta, timezone
+
+    from ltvrec.stages import for_data_interval
+
+    end = datetime(2026, 6, 8, tzinfo=timezone.utc)
+    assert for_data_interval({"top_n": 5}, "scheduled", end) == {"top_n": 5, "run_date": "2026-06-08"}
+    assert for_data_interval({}, "backfill", end + timedelta(hours=6)) == {"run_date": "2026-06-08"}
+    assert for_data_interval({}, "backfill", datetime(2026, 6, 8, 1, tzinfo=timezone(timedelta(hours=2)))) == {
+        "run_date": "2026-06-07"}  # the date in UTC
+    assert for_data_interval({}, "manual", end) == {}  # a manual run: the last event's day, or its as_of
+    assert for_data_interval({"as_of": "2026-05-01"}, "scheduled", end) == {"as_of": "2026-05-01"}
+    assert for_data_interval({"run_date": "2026-05-01"}, "backfill", end) == {"run_date": "2026-05-01"}
 
 
 def test_only_training_goes_to_the_gpu_queue_by_default(dagbag):

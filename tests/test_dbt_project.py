@@ -19,7 +19,7 @@ import pytest
 pytest.importorskip("dbt.cli.main")
 
 from ltvrec import warehouse  # noqa: E402
-from ltvrec.cleaning import dbt_vars, run_dbt  # noqa: E402
+from ltvrec.cleaning import cleaning_record, dbt_vars, run_dbt  # noqa: E402
 
 AS_OF = "2024-01-10"
 DBT_VARS = dbt_vars(AS_OF) | {"min_event_ts": "1990-01-01", "max_quantity": 10000, "max_unit_price": 100000}
@@ -211,6 +211,7 @@ def test_build_ran_every_kind_of_node(built):
     assert unit_tests == {
         "int_events_checked_rejects_duplicates_and_future_events",
         "int_events_checked_empty_as_of_uses_latest_event_date",
+        "int_events_checked_defers_a_later_runs_events",
         "int_items_checked_keeps_the_first_row_of_each_item",
     }
     singular = {r.node.name for r in built["result"].result if r.node.resource_type == "test"}
@@ -287,6 +288,29 @@ def test_dim_items(built):
 # --------------------------------------------------------------------------------------------------
 
 
+def test_a_run_for_a_date_defers_the_later_events_and_loses_none(tmp_path):
+    """A backfilled or scheduled run (var defer_from = its run_date) keeps and checks only the events before its
+    date; the later ones are counted as deferred, neither cleaned nor quarantined, while the future stays future."""
+    import duckdb
+
+    path = tmp_path / "warehouse.duckdb"
+    with duckdb.connect(str(path)) as con:
+        load_raw_duckdb(con)
+    wh = warehouse.connect(f"duckdb:///{path}")
+    defer_from = "2024-01-05"
+    result = run_dbt(wh, ["build"], DBT_VARS | {"defer_from": defer_from}, tmp_path / "target", tmp_path / "logs")
+    assert result.success, result.exception or result.result  # assert_events_conserved counts the deferred
+    later = {row[0] for row in EVENTS if row[4] and ts(defer_from) <= ts(row[4]) < ts("2024-01-11")}
+    record = cleaning_record(wh)
+    assert record["rows"]["deferred"] == len(later) > 0
+    kept = {row["event_id"] for row in wh.query("select event_id from marts.fct_events").to_pylist()}
+    rejected = {row["source_row"]: row["reject_reason"]
+                for row in wh.query("select source_row, reject_reason from marts.events_quarantine").to_pylist()}
+    assert kept == EXPECTED_VALID - later
+    assert rejected == {row: reason for row, reason in EXPECTED_REJECTED.items() if row not in later}
+    assert rejected[18] == "timestamp_in_future"
+
+
 def test_invalid_var_is_a_compile_error(tmp_path):
     """Vars are interpolated into SQL, so anything but 'YYYY-MM-DD' for as_of must fail the run."""
     result = run_dbt(
@@ -298,3 +322,7 @@ def test_invalid_var_is_a_compile_error(tmp_path):
     )
     assert not result.success
     assert "as_of" in str(result.exception)
+    result = run_dbt(warehouse.connect(f"duckdb:///{tmp_path / 'unused.duckdb'}"),
+                     ["compile", "--select", "int_events_checked"], dbt_vars("2024-01-10", "2024-01-10 00:00"),
+                     tmp_path / "target", tmp_path / "logs")
+    assert not result.success and "defer_from" in str(result.exception)

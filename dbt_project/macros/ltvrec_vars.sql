@@ -16,6 +16,19 @@
     {%- endif -%}
 {%- endmacro %}
 
+{% macro ltvrec_defer_from() -%}
+    {#- Start of a later run's events as a SQL timestamp (var defer_from 'YYYY-MM-DD'); empty: NULL, none are. -#}
+    {%- set raw = var('defer_from', '') -%}
+    {%- set raw = '' if raw is none else (raw | string | trim) -%}
+    {%- if raw == '' -%}
+        cast(null as timestamp)
+    {%- elif modules.re.match('^[0-9]{4}-[0-9]{2}-[0-9]{2}$', raw) -%}
+        cast('{{ raw }}' as timestamp)
+    {%- else -%}
+        {{ exceptions.raise_compiler_error("var 'defer_from' must be 'YYYY-MM-DD' or empty, got: " ~ raw) }}
+    {%- endif -%}
+{%- endmacro %}
+
 {% macro ltvrec_min_event_ts() -%}
     {%- set raw = var('min_event_ts', '1990-01-01') | string | trim -%}
     {%- if not modules.re.match('^[0-9]{4}-[0-9]{2}-[0-9]{2}([ T][0-9]{2}:[0-9]{2}(:[0-9]{2}(\\.[0-9]+)?)?)?$', raw) -%}

@@ -24,18 +24,24 @@ inner join rejected
     on rejected.source_row = raw_rows.source_row
 {%- endmacro %}
 
-{% macro ltvrec_rows_conserved(raw, kept, rejected) -%}
-    {#- A singular test's body: a row when count(kept) + count(rejected) differs from count(raw). -#}
+{% macro ltvrec_rows_conserved(raw, kept, rejected, checked=none) -%}
+    {#- A singular test's body: a row when count(kept) + count(rejected) + the rows `checked` defers (is_deferred)
+        differs from count(raw). -#}
 with counts as (
 
     select
         (select count(*) from {{ raw }})      as n_raw,
         (select count(*) from {{ kept }})     as n_kept,
-        (select count(*) from {{ rejected }}) as n_rejected
+        (select count(*) from {{ rejected }}) as n_rejected,
+        {% if checked is not none -%}
+        (select count(*) from {{ checked }} where is_deferred) as n_deferred
+        {%- else -%}
+        0 as n_deferred
+        {%- endif %}
 
 )
 
 select *
 from counts
-where n_kept + n_rejected <> n_raw
+where n_kept + n_rejected + n_deferred <> n_raw
 {%- endmacro %}

@@ -1,5 +1,6 @@
--- Grain: one row per staged event (source_row), valid or not. reject_reason is NULL for valid rows,
--- otherwise the FIRST failing check in the order below. Only rows that pass every other check compete
+-- Grain: one row per staged event (source_row), valid, deferred or not. An event at or after var defer_from (and
+-- not in the future) belongs to a later run: is_deferred, never rejected here. reject_reason is NULL for valid
+-- and deferred rows, otherwise the FIRST failing check in the order below. Only rows that pass every other check compete
 -- for `duplicate`: among exact copies (user_id, item_id, event_type, event_ts, quantity, unit_price,
 -- a NULL view/rating price counting as 0) the lowest source_row is kept. The event types are the vars
 -- event_types (clean) and raw_only_event_types (accepted raw, always rejected), both from ltvrec.config.
@@ -21,7 +22,8 @@ params as (
 
     select
         {{ ltvrec_as_of_date(ref('stg_events')) }} as as_of_date,
-        {{ ltvrec_min_event_ts() }}                as min_event_ts
+        {{ ltvrec_min_event_ts() }}                as min_event_ts,
+        {{ ltvrec_defer_from() }}                  as defer_from_ts
 
 ),
 
@@ -36,6 +38,7 @@ prepared as (
         end                                                    as checked_unit_price,
         catalogue.item_id is not null                          as is_known_item,
         params.min_event_ts,
+        params.defer_from_ts,
         cast(params.as_of_date as timestamp) + interval '1 day' as future_from_ts
     from events
     cross join params
@@ -49,6 +52,8 @@ checked as (
     select
         *,
         case
+            -- a later run's event: that run checks it
+            when event_ts >= defer_from_ts and event_ts < future_from_ts then 'deferred'
             when user_id is null then 'missing_user_id'
             when item_id is null then 'missing_item_id'
             when event_type is null
@@ -95,7 +100,9 @@ select
     quantity,
     unit_price,
     case
+        when check_reason = 'deferred' then null
         when check_reason is not null then check_reason
         when copy_rank > 1 then 'duplicate'
-    end as reject_reason
+    end as reject_reason,
+    coalesce(check_reason = 'deferred', false) as is_deferred
 from ranked

@@ -2,7 +2,7 @@
 with valid_events as (
 
     select * from {{ ref('int_events_checked') }}
-    where reject_reason is null
+    where reject_reason is null and not is_deferred
 
 )
 

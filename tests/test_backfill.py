@@ -1,0 +1,65 @@
+"""`ltvrec backfill`: one in-process DAG run per date, each seeing only the events before its date and publishing
+its own partition of the serving tables."""
+
+import json
+from datetime import date, timedelta
+
+import duckdb
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from ltvrec.rundir import RunDir
+from test_e2e import CONF, ltvrec
+
+pytestmark = pytest.mark.slow
+RUN_DATES = ["2026-06-17", "2026-06-24", "2026-07-01"]  # the synthetic history ends on 2026-06-30
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    home = tmp_path_factory.mktemp("ltvrec_backfill")
+    done = ltvrec(home, "backfill", "--from", RUN_DATES[0], "--to", "2026-07-03", "--every", "7d",
+                  "--synthetic-users", "200", "--epochs", "1", "--top-n", "5", "--no-item-text", "--conf", CONF)
+    assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-5000:]
+    assert f"backfilled 3 date(s): {', '.join(RUN_DATES)}" in done.stdout
+    return home
+
+
+@pytest.fixture(scope="module")
+def runs(home) -> dict[str, RunDir]:
+    found = [RunDir(p.parent) for p in (home / "runs").glob("*/summary.json")]
+    return {run.run_date: run for run in found}
+
+
+def published(home, sql: str):
+    with duckdb.connect(str(home / "warehouse.duckdb")) as con:
+        return con.sql(sql).fetchall()
+
+
+def test_each_date_has_its_own_run_and_partition(home, runs):
+    assert sorted(runs) == RUN_DATES
+    rows = dict(published(home, "select cast(run_date as varchar), count(*) from serving.recommendations group by 1"))
+    assert sorted(rows) == RUN_DATES
+    for run_date, run in runs.items():
+        users = pq.read_table(run.marts / "fct_events.parquet", columns=["user_id"]).column("user_id")
+        assert rows[run_date] == 5 * len(pc.unique(users))  # every user seen before the date, top 5 each
+        assert json.loads(run.summary_file.read_text())["run_date"] == run_date
+    assert [r[0] for r in published(home, "select cast(run_date as varchar) from ops.published_runs order by 1")] \
+        == RUN_DATES
+
+
+def test_no_run_saw_an_event_of_its_date_or_later(runs):
+    for run_date, run in runs.items():
+        cutoff = date.fromisoformat(run_date)
+        split = run.split()
+        assert split["end"] == f"{run_date}T00:00:00" and split["as_of"] == (cutoff - timedelta(days=1)).isoformat()
+        events = pq.read_table(run.marts / "fct_events.parquet", columns=["event_ts"]).column("event_ts")
+        assert pc.max(events).as_py().date() < cutoff
+        deferred = run.stage("quarantine")["rows"]["deferred"]
+        assert (deferred > 0) == (run_date != RUN_DATES[-1])  # the later events wait for their run, not quarantined
+
+
+def test_each_run_learned_from_more_history_than_the_one_before(runs):
+    counts = [run.stage("quarantine")["rows"]["fct_events"] for _, run in sorted(runs.items())]
+    assert counts == sorted(counts) and len(set(counts)) == 3
