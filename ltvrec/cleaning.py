@@ -16,17 +16,18 @@ import os
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ltvrec.config import EVENT_TYPES, PROJECT_ROOT, RAW_ONLY_EVENT_TYPES
+from ltvrec.config import EVENT_TYPES, PROJECT_ROOT, RAW_ONLY_EVENT_TYPES, RunConfig
 
 DBT_PROJECT = PROJECT_ROOT / "dbt_project"
 MANIFEST = DBT_PROJECT / "target" / "manifest.json"
 PROFILES = DBT_PROJECT / "profiles.yml"
 
 
-def dbt_vars(as_of: str, defer_from: str = "") -> dict:
+def dbt_vars(as_of: str, defer_from: str = "", outcome_days: int = RunConfig.outcome_days) -> dict:
     """The project's vars: the date events after which are in the future (YYYY-MM-DD), the date from which events
-    belong to later runs (YYYY-MM-DD, or empty: none do) and the event vocabulary."""
-    return {"as_of": as_of, "defer_from": defer_from, "event_types": list(EVENT_TYPES),
+    belong to later runs (YYYY-MM-DD, or empty: none do), the outcome window of published recommendations and the
+    event vocabulary."""
+    return {"as_of": as_of, "defer_from": defer_from, "outcome_days": outcome_days, "event_types": list(EVENT_TYPES),
             "raw_only_event_types": list(RAW_ONLY_EVENT_TYPES)}
 
 
@@ -36,13 +37,14 @@ def run_vars(cfg) -> dict:
     run with an as_of judges it by that day; else by today, not by the latest event."""
     today = datetime.now(timezone.utc).date().isoformat()
     if cfg.run_date:
-        return dbt_vars(today, cfg.run_date)
-    return dbt_vars(cfg.as_of or today)
+        return dbt_vars(today, cfg.run_date, cfg.outcome_days)
+    return dbt_vars(cfg.as_of or today, outcome_days=cfg.outcome_days)
 
 
 def dbt_build(wh, dbt_vars: dict, target_path: Path, log_path: Path) -> dict:
     """`dbt build` (models, data tests, unit tests) on `wh` (a ltvrec.warehouse.Warehouse) with `dbt_vars` in one
     call; raises naming the failed nodes. Returns `cleaning_record(wh)`."""
+    wh.create_serving()  # the outcome models read what earlier runs published
     result = run_dbt(wh, ["build"], dbt_vars, target_path, log_path)
     if not result.success:
         failed = [f"{r.node.resource_type} {r.node.name}: {r.status} ({r.message})"

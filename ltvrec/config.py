@@ -58,12 +58,12 @@ class RunConfig:
     source: str = knob("synthetic", "input layout", "data", choices=SOURCES)
     path: str | None = knob(None, "input file or folder (every source but synthetic)", "data")
     items_path: str | None = knob(None, "item catalogue file (events source)", "data")
-    as_of: str | None = knob(None, "the last day whose events the run sees, YYYY-MM-DD, and the partition it publishes; "
+    as_of: str | None = knob(None, "the last day whose events the run sees, YYYY-MM-DD (its run_date is the day after); "
                              "default: the day of the last event", "data",
                              pattern=r"\d{4}-\d{2}-\d{2}")
     run_date: str | None = knob(None, "the date this run is for: it sees only events before it and publishes its "
-                                "partition (as_of is the day before); scheduled and backfilled runs get their data "
-                                "interval's end", "data", pattern=r"\d{4}-\d{2}-\d{2}")
+                                "partition; default: the day after as_of; scheduled and backfilled runs get their "
+                                "data interval's end", "data", pattern=r"\d{4}-\d{2}-\d{2}")
     synthetic_users: int = knob(2000, "users of the synthetic source", "data", minimum=1)
     synthetic_items: int = knob(300, "items of the synthetic source", "data", minimum=2)
     synthetic_days: int = knob(365, "days of history of the synthetic source", "data", minimum=30)
@@ -82,6 +82,9 @@ class RunConfig:
                              minimum=1)
     eval_protocol: str | None = knob(None, "temporal (global time cut-off) or leave_one_out (each user's last event)",
                                      "evaluation", choices=("temporal", "leave_one_out"))
+    outcome_days: int = knob(7, "days after a run date in which what a user did with a published recommendation "
+                             "counts (marts.recommendation_outcomes, serving.model_performance)", "evaluation",
+                             minimum=1)
     # gates
     max_quarantine_share: float = knob(0.5, "cleaned gate: share of raw events dbt may quarantine", "gates",
                                        minimum=0, maximum=1)

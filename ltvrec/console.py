@@ -183,12 +183,33 @@ def print_results(console: Console, run: RunDir, seconds: float) -> None:
         lines.append(f"  LTV {name:<20} normalized Gini={m.get('gini', 0):.3f}  Spearman={m.get('spearman', 0):.3f}  "
                      f"decile MAPE={m.get('decile_mape') or float('nan'):.3f}  predicted/actual total={total:.2f}")
     lines += [f"  LTV backtest: {reason}" for reason in s.get("ltv_backtest", {}).get("reasons", [])]
+    lines += realised_lines(s.get("realised", {}))
     tracking_uri = mlflow_tracking_uri()
     ui = "its UI" if tracking_uri.startswith("http") else "make mlflow-ui, then http://127.0.0.1:5000"
     lines += [f"  MLflow:     {tracking_uri}  ({ui})", "",
               "Query the results with any SQL client of the warehouse, or `.venv/bin/ltvrec sql \"...\"`:",
               "  " + example_query(s["run_date"])]
     console.print("\n".join(lines), soft_wrap=True)
+
+
+def realised_lines(realised: dict) -> list[str]:
+    """The champion's latest realised figures (serving.model_performance), beside the offline ones above."""
+    lines = []
+    if rec := realised.get("recommendation"):
+        partial = "" if rec["window_complete"] else ", window not over yet"
+        lines.append(f"  realised   champion v{rec['version']} for {rec['run_date']} ({rec['users_active']} active users"
+                     f"{partial}): HR@N={rec['hit_rate_at_n']:.4f}  NDCG@N={rec['ndcg_at_n']:.4f}  "
+                     f"revenue@N={rec['revenue_at_n']:,.2f}")
+    if ltv := realised.get("ltv"):
+        lines.append(f"  realised   LTV champion v{ltv['version']} for {ltv['run_date']} ({ltv['ltv_customers']} "
+                     f"customers): normalized Gini={number(ltv['ltv_normalized_gini']):.3f}  "
+                     f"decile MAPE={number(ltv['ltv_decile_mape']):.3f}  "
+                     f"predicted/actual total={number(ltv['ltv_spend_ratio']):.2f}")
+    return lines
+
+
+def number(value: float | None) -> float:
+    return float("nan") if value is None else value
 
 
 def example_query(run_date: str) -> str:

@@ -104,9 +104,9 @@ class RunDir:
 
     @property
     def run_date(self) -> str:
-        """The serving tables' partition this run publishes: its run_date (events before it), else its as_of (events
-        up to it; by default the day of the last event, as the features job found it)."""
-        return self.config().run_date or self.split()["as_of"]
+        """The date this run is for, the serving tables' partition it publishes: its events end the day before
+        (split `end`: the run_date param, or the day after as_of, by default the day after the last event)."""
+        return self.split()["end"][:10]
 
     def train_result(self) -> dict:
         return json.loads((self.train / "result.json").read_text())

@@ -29,6 +29,9 @@ SERVING_SCHEMAS = {
         ("mlflow_run_id", pa.string()), ("generated_at", pa.timestamp("us"))]),
 }
 BATCH_ROWS = 100_000
+# serving.model_performance's figures of each head (dbt_project/models/serving/model_performance.sql)
+REALISED = {"recommendation": ("hit_rate_at_n", "ndcg_at_n", "revenue_at_n", "users_active", "window_complete"),
+            "ltv": ("ltv_normalized_gini", "ltv_spend_ratio", "ltv_decile_mape", "ltv_customers")}
 
 
 def run_metadata(run_date: str, model_name: str, versions: dict[str, str], mlflow_run_id: str,
@@ -117,3 +120,20 @@ def read_scores(scores_dir: Path) -> dict[str, pa.RecordBatchReader]:
     """The scores files as Arrow streams, for the warehouse's bulk load."""
     files = {t: pq.ParquetFile(Path(scores_dir) / f"{t}.parquet") for t in SERVING_TABLES}
     return {t: pa.RecordBatchReader.from_batches(f.schema_arrow, f.iter_batches(BATCH_ROWS)) for t, f in files.items()}
+
+
+def realised_performance(wh, model_name: str, versions: dict[str, str]) -> dict[str, dict]:
+    """{head: its version's latest realised figures in serving.model_performance, with the run date they are of};
+    a head whose version has none yet is left out."""
+    if not wh.table_exists("serving", "model_performance"):
+        return {}
+    found = {}
+    for head, version in versions.items():
+        measured = "users_active > 0" if head == "recommendation" else "ltv_customers > 0"
+        sql = (f"select * from serving.model_performance where model_name = ? and model_version = ? and {measured} "
+               "order by run_date desc limit 1").replace("?", wh.placeholder)
+        rows = wh.query(sql, (model_name, version)).to_pylist()
+        if rows:
+            found[head] = {"version": version, "run_date": str(rows[0]["run_date"]),
+                           **{key: rows[0][key] for key in REALISED[head]}}
+    return found

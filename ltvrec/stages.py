@@ -108,6 +108,7 @@ def ingest(run: RunDir) -> dict:
     wh.replace_table("raw", "events", events)
     wh.replace_table("raw", "items", items)
     wh.create_schemas(cleaning.model_schemas())  # before dbt's tasks, which may run at the same time
+    wh.create_serving()  # dbt's outcome models read what earlier runs published
     return {"rows": {"raw_events": events.num_rows, "raw_items": items.num_rows},
             "dataset_digest": sources.file_digest(*paths), "warehouse": wh.kind}
 
@@ -311,9 +312,14 @@ def evaluate(run: RunDir) -> dict:
     comparisons = promotion.compare(cfg, report, champions)
     write_report(report, run.evaluation)
     tracking.log_evaluation(cfg, run.mlflow_run_id, report.flat_metrics(), run.evaluation)
+    realised = serving.realised_performance(warehouse.connect(cfg.resolved_warehouse_url), cfg.registered_model,
+                                            {head: found["version"] for head, found in champions.items()})
+    tracking.log_metrics_tags(cfg, run.mlflow_run_id, {
+        f"realised_champion_{key}": float(figures[key]) for head, figures in realised.items()
+        for key in serving.REALISED[head] if figures[key] is not None}, {})
     gate = {"champions": champions, "coupled": promotion.coupling(cfg, champions),
             "comparisons": {h: [c.to_dict() for c in found] for h, found in comparisons.items()}}
-    return {"metrics": report.metrics, "gate": gate}
+    return {"metrics": report.metrics, "gate": gate, "realised": realised}
 
 
 @stage
@@ -416,6 +422,7 @@ def summarize(run_dir: str) -> dict:
         "quarantine": records.get("quarantine", {}).get("quarantine", {}),
         "quarantine_items": records.get("quarantine", {}).get("quarantine_items", {}),
         "metrics": records.get("evaluate", {}).get("metrics", {}),
+        "realised": records.get("evaluate", {}).get("realised", {}),
         "ltv_backtest": {k: v for k, v in records.get("ltv_backtest", {}).items() if k not in ("seconds", "state")},
         "training": {k: v for k, v in records.get("train", {}).items() if k != "seconds"},
         "registry": records.get("register", {}),

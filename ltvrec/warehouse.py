@@ -139,6 +139,11 @@ class Warehouse:
         given, add `record` (model_name, run_id, raw_events) to ops.published_runs; returns rows per table."""
         raise NotImplementedError
 
+    def create_serving(self) -> None:
+        """The serving tables and ops.published_runs, where they do not exist yet: before the first publish, dbt's
+        outcome models read them."""
+        raise NotImplementedError
+
     def table_exists(self, schema: str, table: str) -> bool:
         qualified(schema, table)
         found = self.query("select count(*) as n from information_schema.tables where table_schema = ? and table_name = ?"
@@ -208,9 +213,7 @@ class DuckDBWarehouse(Warehouse):
         _check_tables(tables)
         counts = {}
         with self._connect() as con:
-            for schema, table, ddl in [("serving", t, serving_ddl(t)) for t in tables] + [("ops", "published_runs", PUBLISHED_RUNS_DDL)]:
-                con.execute(f'create schema if not exists "{schema}"')
-                con.execute(f"create table if not exists {qualified(schema, table)} {ddl}")
+            self._create_serving(con, list(tables))
             for table, data in tables.items():  # the bulk load, into connection-private staging tables
                 con.register("incoming", data)
                 con.execute(f'create or replace temp table "staged_{table}" as select * from incoming')
@@ -234,6 +237,17 @@ class DuckDBWarehouse(Warehouse):
                 con.execute("rollback")
                 raise
         return counts
+
+    def create_serving(self) -> None:
+        with self._connect() as con:
+            self._create_serving(con, list(SERVING_SCHEMAS))
+
+    @staticmethod
+    def _create_serving(con, tables: list[str]) -> None:
+        for schema, table, ddl in [("serving", t, serving_ddl(t)) for t in tables] + [("ops", "published_runs",
+                                                                                          PUBLISHED_RUNS_DDL)]:
+            con.execute(f'create schema if not exists "{schema}"')
+            con.execute(f"create table if not exists {qualified(schema, table)} {ddl}")
 
     def dbt_target(self) -> tuple[str, dict[str, str]]:
         return "duckdb", {"LTVREC_DUCKDB_PATH": str(self.path)}
@@ -316,6 +330,11 @@ class PostgresWarehouse(Warehouse):
                             (run_date, record["model_name"], record["run_id"], int(record["raw_events"]), _utcnow()))
             con.commit()
         return counts
+
+    def create_serving(self) -> None:
+        with self._connect() as con, con.cursor() as cur:
+            self._create_serving(cur, list(SERVING_SCHEMAS))
+            con.commit()
 
     def _create_serving(self, cur, tables: list[str]) -> None:
         """Serving tables partitioned by run_date (and ops.published_runs), where they do not exist yet."""

@@ -63,3 +63,17 @@ def test_no_run_saw_an_event_of_its_date_or_later(runs):
 def test_each_run_learned_from_more_history_than_the_one_before(runs):
     counts = [run.stage("quarantine")["rows"]["fct_events"] for _, run in sorted(runs.items())]
     assert counts == sorted(counts) and len(set(counts)) == 3
+
+
+def test_the_last_run_measured_how_the_earlier_dates_turned_out(home, runs):
+    """Its dbt build joined what the two earlier dates published with the events after them: the first date's
+    7-day window is over, the second's is not (the history ends on 2026-06-30)."""
+    rows = published(home, "select cast(run_date as varchar), window_complete, users_covered, users_active, "
+                           "hit_rate_at_n, ndcg_at_n from serving.model_performance order by run_date")
+    assert [(r[0], r[1]) for r in rows] == [(RUN_DATES[0], True), (RUN_DATES[1], False)]
+    assert all(covered >= active > 0 and 0 <= hr <= 1 and 0 <= ndcg <= 1 for _, _, covered, active, hr, ndcg in rows)
+    outcomes = published(home, "select count(*) from marts.recommendation_outcomes")[0][0]
+    assert outcomes == published(home, "select count(*) from serving.recommendations "
+                                       f"where run_date < date '{RUN_DATES[-1]}'")[0][0]
+    realised = json.loads(runs[RUN_DATES[-1]].summary_file.read_text())["realised"]["recommendation"]
+    assert realised["run_date"] in RUN_DATES[:2] and realised["users_active"] > 0

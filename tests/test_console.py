@@ -76,3 +76,17 @@ def test_a_failed_dbt_model_task_fails_the_dbt_build_stage_naming_its_task(tmp_p
     stages.record_failure(run.name, "dbt_build.fct_events_model_build", RuntimeError("not_null_fct_events_user_id"))
     name, rec = run.failure()
     assert name == "dbt_build" and rec["error"] == "fct_events_model_build: not_null_fct_events_user_id"
+
+
+def test_the_champions_realised_figures_are_shown_once_measured():
+    from ltvrec.console import realised_lines
+
+    assert realised_lines({}) == []
+    lines = realised_lines({
+        "recommendation": {"version": "3", "run_date": "2026-06-24", "users_active": 41, "window_complete": False,
+                           "hit_rate_at_n": 0.125, "ndcg_at_n": 0.0625, "revenue_at_n": 1234.5},
+        "ltv": {"version": "2", "run_date": "2026-03-26", "ltv_customers": 90, "ltv_normalized_gini": 0.8,
+                "ltv_decile_mape": None, "ltv_spend_ratio": 0.95}})
+    assert "champion v3 for 2026-06-24 (41 active users, window not over yet): HR@N=0.1250  NDCG@N=0.0625" in lines[0]
+    assert "revenue@N=1,234.50" in lines[0]
+    assert "LTV champion v2 for 2026-03-26 (90 customers): normalized Gini=0.800  decile MAPE=nan" in lines[1]

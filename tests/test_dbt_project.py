@@ -109,6 +109,7 @@ def raw_item_rows() -> list[tuple]:
 
 
 def build(wh: warehouse.Warehouse, tmp: Path):
+    wh.create_serving()  # what earlier runs published: empty here
     result = run_dbt(wh, ["build"], DBT_VARS, tmp / "target", tmp / "logs")
     assert result.success, f"dbt build on {wh.kind} failed: {result.exception or result.result}"
     return result
@@ -123,7 +124,7 @@ COLLECT = {
     "dim_items": "select item_id, title, category, price, in_stock, n_events, n_users, first_seen_ts, last_seen_ts "
     "from marts.dim_items",
     "schemas": "select distinct table_schema, table_name from information_schema.tables "
-    "where table_schema in ('staging', 'intermediate', 'marts')",
+    "where table_schema in ('staging', 'intermediate', 'marts', 'serving')",
 }
 
 
@@ -206,13 +207,15 @@ def test_build_ran_every_kind_of_node(built):
         kinds.setdefault(str(node_result.node.resource_type), []).append(str(node_result.status))
     assert all(status in {"success", "pass"} for statuses in kinds.values() for status in statuses), kinds
     assert {"model", "test", "unit_test"} <= set(kinds)
-    assert len(kinds["model"]) == 10
+    assert len(kinds["model"]) == 12
     unit_tests = {r.node.name for r in built["result"].result if r.node.resource_type == "unit_test"}
     assert unit_tests == {
         "int_events_checked_rejects_duplicates_and_future_events",
         "int_events_checked_empty_as_of_uses_latest_event_date",
         "int_events_checked_defers_a_later_runs_events",
         "int_items_checked_keeps_the_first_row_of_each_item",
+        "recommendation_outcomes_count_the_window_after_the_run_date",
+        "model_performance_scores_hand_made_outcomes",
     }
     singular = {r.node.name for r in built["result"].result if r.node.resource_type == "test"}
     assert {"assert_events_conserved", "assert_fct_events_amount_sign", "assert_items_conserved"} <= singular
@@ -230,6 +233,10 @@ def test_models_land_in_plain_schemas(built):
         ("marts", "events_quarantine"),
         ("marts", "items_quarantine"),
         ("marts", "quarantine_summary"),
+        ("marts", "recommendation_outcomes"),
+        ("serving", "model_performance"),
+        ("serving", "recommendations"),  # published by ltvrec, read by the two above
+        ("serving", "ltv_estimates"),
     }
 
 
@@ -297,6 +304,7 @@ def test_a_run_for_a_date_defers_the_later_events_and_loses_none(tmp_path):
     with duckdb.connect(str(path)) as con:
         load_raw_duckdb(con)
     wh = warehouse.connect(f"duckdb:///{path}")
+    wh.create_serving()
     defer_from = "2024-01-05"
     result = run_dbt(wh, ["build"], DBT_VARS | {"defer_from": defer_from}, tmp_path / "target", tmp_path / "logs")
     assert result.success, result.exception or result.result  # assert_events_conserved counts the deferred
@@ -309,6 +317,77 @@ def test_a_run_for_a_date_defers_the_later_events_and_loses_none(tmp_path):
     assert kept == EXPECTED_VALID - later
     assert rejected == {row: reason for row, reason in EXPECTED_REJECTED.items() if row not in later}
     assert rejected[18] == "timestamp_in_future"
+
+
+def test_realised_performance_agrees_with_the_offline_metrics(tmp_path):
+    """serving.model_performance on random events and published rows: HR, NDCG, normalized Gini and the spend ratio
+    as models/metrics.py computes them from the same outcomes (relevant: items first touched in the window)."""
+    import duckdb
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+
+    from ltvrec.serving import SERVING_SCHEMAS, realised_performance
+    from models.metrics import RankedValues, ndcg_rows
+
+    rng = np.random.default_rng(7)
+    users, items, start = [f"u{i}" for i in range(40)], [f"i{i}" for i in range(15)], pd.Timestamp("2024-01-01")
+    n = 900
+    events = pd.DataFrame({"user_id": rng.choice(users, n), "item_id": rng.choice(items, n),
+                           "event_type": rng.choice(["view", "purchase"], n, p=[0.6, 0.4]),
+                           "event_ts": start + pd.to_timedelta(rng.uniform(0, 59 * 86400, n).round(), unit="s"),
+                           "quantity": 1.0, "unit_price": rng.uniform(1, 50, n).round(2)})
+    path = tmp_path / "warehouse.duckdb"
+    with duckdb.connect(str(path)) as con:
+        load_raw_duckdb(con)
+        con.execute("delete from raw.events; delete from raw.items")
+        con.executemany("insert into raw.events values (?, ?, ?, ?, ?, ?, ?, ?)",
+                        [(*row, "e.csv", i + 1) for i, row in enumerate(events.itertuples(index=False))])
+        con.executemany("insert into raw.items values (?, ?, ?, ?, ?, ?, ?)",
+                        [(item, item, "c", 10.0, True, "i.csv", i + 1) for i, item in enumerate(items)])
+    wh = warehouse.connect(f"duckdb:///{path}")
+    run_date, outcome_days, horizon, top_n = pd.Timestamp("2024-02-01"), 7, 20, 3
+    before = events[events.event_ts < run_date]
+    recs = [(u, rank + 1, item) for u in before.user_id.unique()
+            for rank, item in enumerate(rng.permutation(sorted(set(items) - set(before[before.user_id == u].item_id)))[:top_n])]
+    customers = sorted(before[before.event_type == "purchase"].user_id.unique())
+    predicted = rng.uniform(0, 100, len(customers))
+    meta = {"run_date": [run_date.date()], "model_name": ["m"], "model_version": ["1"], "mlflow_run_id": ["r"],
+            "generated_at": [pd.Timestamp("2024-02-01")]}
+    table = {"recommendations": pd.DataFrame(recs, columns=["user_id", "rank", "item_id"]).assign(score=0.0),
+             "ltv_estimates": pd.DataFrame({"user_id": customers, "horizon_days": horizon, "p_active": 0.5,
+                                            "expected_value": predicted})}
+    wh.publish(run_date.date().isoformat(), {
+        name: pa.Table.from_pandas(frame.assign(**{k: v * len(frame) for k, v in meta.items()}),
+                                   preserve_index=False).select(SERVING_SCHEMAS[name].names).cast(SERVING_SCHEMAS[name])
+        for name, frame in table.items()})
+    vars_ = dbt_vars("2024-03-01", outcome_days=outcome_days) | {"min_event_ts": "1990-01-01"}
+    assert run_dbt(wh, ["build"], vars_, tmp_path / "target", tmp_path / "logs").success
+    found = wh.query("select * from serving.model_performance").to_pylist()
+    assert len(found) == 1
+
+    window = events[(events.event_ts >= run_date) & (events.event_ts < run_date + pd.Timedelta(days=outcome_days))]
+    first = events.groupby(["user_id", "item_id"]).event_ts.min().reset_index()
+    in_window = first[(first.event_ts >= run_date) & (first.event_ts < run_date + pd.Timedelta(days=outcome_days))]
+    n_rel = in_window.groupby("user_id").size()
+    touched = set(zip(window.user_id, window.item_id))
+    active = [u for u in sorted(set(r[0] for r in recs)) if u in n_rel.index]
+    hits = np.array([[(u, item) in touched for _, _, item in sorted(r for r in recs if r[0] == u)] for u in active])
+    spend = events[(events.event_ts >= run_date) & (events.event_ts < run_date + pd.Timedelta(days=horizon))]
+    spend = spend.assign(amount=np.where(spend.event_type == "purchase", spend.quantity * spend.unit_price, 0))
+    actual = spend.groupby("user_id").amount.sum().reindex(customers, fill_value=0).clip(lower=0).to_numpy()
+    expected = {"users_covered": len({r[0] for r in recs}), "users_active": len(active), "top_n": top_n,
+                "hit_rate_at_n": hits.any(axis=1).mean(), "ndcg_at_n": ndcg_rows(hits, n_rel[active].to_numpy()).mean(),
+                "ltv_customers": len(customers), "ltv_spend_ratio": predicted.sum() / actual.sum(),
+                "ltv_normalized_gini": RankedValues(actual, predicted).gini()}
+    assert found[0]["window_complete"] and 0 < expected["hit_rate_at_n"] < 1
+    assert {k: found[0][k] for k in expected} == pytest.approx(expected)
+    # what the evaluate stage shows beside the champion's offline figures
+    realised = realised_performance(wh, "m", {"recommendation": "1", "ltv": "1"})
+    assert realised["recommendation"]["run_date"] == "2024-02-01"
+    assert realised["recommendation"]["ndcg_at_n"] == pytest.approx(expected["ndcg_at_n"])
+    assert realised["ltv"]["ltv_normalized_gini"] == pytest.approx(expected["ltv_normalized_gini"])
+    assert realised_performance(wh, "m", {"recommendation": "2"}) == {}  # another version: nothing measured
 
 
 def test_invalid_var_is_a_compile_error(tmp_path):
