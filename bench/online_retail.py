@@ -47,7 +47,7 @@ def run_source(source: str, path: str, protocol: str | None, home: Path, conf: s
         "recommendation": {k: v for k, v in summary["metrics"]["recommendation"].items()},
         "ltv": summary["metrics"]["ltv"],
         "epochs_run": summary["training"]["epochs_run"],
-        "best_epoch": summary["training"]["best_epoch"],
+        "best_epoch": summary["training"].get("best_epoch"),
         "seconds_per_epoch": round(sum(m.value for m in history) / max(len(history), 1), 2),
         "sequences_per_second": round(sum(m.value for m in speed) / max(len(speed), 1), 1),
         "validation_curve": validation_curve(history, ndcg, val_seconds),

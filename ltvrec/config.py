@@ -58,8 +58,8 @@ class RunConfig:
     source: str = knob("synthetic", "input layout", "data", choices=SOURCES)
     path: str | None = knob(None, "input file or folder (every source but synthetic)", "data")
     items_path: str | None = knob(None, "item catalogue file (events source)", "data")
-    as_of: str | None = knob(None, "the last day whose events the run sees, YYYY-MM-DD (its run_date is the day after); "
-                             "default: the day of the last event", "data",
+    as_of: str | None = knob(None, "the last day whose events the run sees, YYYY-MM-DD (its run_date is the day "
+                             "after); default: the day of the last event", "data",
                              pattern=r"\d{4}-\d{2}-\d{2}")
     run_date: str | None = knob(None, "the date this run is for: it sees only events before it and publishes its "
                                 "partition; default: the day after as_of; scheduled and backfilled runs get their "
@@ -133,7 +133,23 @@ class RunConfig:
     nnodes: int = knob(1, "machines training together, one torchrun agent each (the train task is node 0; "
                           "`ltvrec train-node` joins the others)", "training", minimum=1)
     rdzv_endpoint: str | None = knob(None, "host:port of the c10d rendezvous on node 0 (nnodes > 1)", "training")
-    warm_start: bool = knob(False, "initialise from the current @champion (continual training)", "training")
+    training: str = knob("auto", "scratch: train a new model; continue: the @champion's weights learn from the users "
+                         "with events since its data end and a replay sample, for continue_epochs; auto: continue "
+                         "unless a drift check asks for a full retrain (docs/model.md)", "training",
+                         choices=("scratch", "continue", "auto"))
+    continue_epochs: int = knob(2, "epochs of a continued run", "training", minimum=1)
+    replay_share: float = knob(0.2, "a continued run also learns from this share of the users without events since "
+                               "the champion's data end", "training", minimum=0, maximum=1)
+    retrain_new_item_share: float = knob(0.2, "auto retrains when more than this share of the events since the "
+                                         "champion's data end are on items it never saw", "training", minimum=0,
+                                         maximum=1)
+    retrain_feature_psi: float = knob(0.25, "auto retrains when an LTV feature's population stability index, this "
+                                      "run's training customers against the champion's, exceeds this beyond chance",
+                                      "training", above=0)
+    retrain_realised_drop: float = knob(0.2, "auto retrains when the champion's realised NDCG@N (serving."
+                                        "model_performance) fell by more than this share since its first measured "
+                                        "date", "training", minimum=0, maximum=1)
+    max_continued_runs: int = knob(6, "auto retrains after this many continued runs in a row", "training", minimum=0)
     # ltv
     ltv_weight: float = knob(1.0, "weight of the LTV loss beside the next-item loss", "ltv", minimum=0)
     ltv_sigma_max: float = knob(2.0, "upper bound of the ZILN lognormal sigma", "ltv", above=0.05)

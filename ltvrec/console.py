@@ -133,6 +133,11 @@ def headline(name: str, rec: dict) -> str:
         return f"skipped: {rec['skipped']}"
     if "gate" in rec:
         return "passed"
+    if name == "train" and rec.get("mode") == "continue":
+        epochs, since = rec.get("epochs_run"), rec.get("decision", {}).get("checks", {})
+        return (f"continued v{since.get('champion_version')} on the events since "
+                f"{since.get('champion_trained_until')}: {epochs} epoch{'s' * (epochs != 1)}, {rec.get('device')} "
+                f"x{rec.get('world_size')}")
     if name == "train":
         epochs = rec.get("epochs_run")
         return (f"{epochs} epoch{'s' * (epochs != 1)} (best {rec.get('best_epoch')}), best validation NDCG@10 "
@@ -197,8 +202,8 @@ def realised_lines(realised: dict) -> list[str]:
     lines = []
     if rec := realised.get("recommendation"):
         partial = "" if rec["window_complete"] else ", window not over yet"
-        lines.append(f"  realised   champion v{rec['version']} for {rec['run_date']} ({rec['users_active']} active users"
-                     f"{partial}): HR@N={rec['hit_rate_at_n']:.4f}  NDCG@N={rec['ndcg_at_n']:.4f}  "
+        lines.append(f"  realised   champion v{rec['version']} for {rec['run_date']} ({rec['users_active']} active "
+                     f"users{partial}): HR@N={rec['hit_rate_at_n']:.4f}  NDCG@N={rec['ndcg_at_n']:.4f}  "
                      f"revenue@N={rec['revenue_at_n']:,.2f}")
     if ltv := realised.get("ltv"):
         lines.append(f"  realised   LTV champion v{ltv['version']} for {ltv['run_date']} ({ltv['ltv_customers']} "

@@ -137,3 +137,13 @@ def realised_performance(wh, model_name: str, versions: dict[str, str]) -> dict[
             found[head] = {"version": version, "run_date": str(rows[0]["run_date"]),
                            **{key: rows[0][key] for key in REALISED[head]}}
     return found
+
+
+def realised_ndcg_history(wh, model_name: str, version: str) -> list[float]:
+    """A version's realised NDCG@N (serving.model_performance) on each run date whose outcome window is over, oldest
+    first."""
+    if not wh.table_exists("serving", "model_performance"):
+        return []
+    sql = ("select ndcg_at_n from serving.model_performance where model_name = ? and model_version = ? "
+           "and window_complete and users_active > 0 order by run_date").replace("?", wh.placeholder)
+    return [row["ndcg_at_n"] for row in wh.query(sql, (model_name, version)).to_pylist()]

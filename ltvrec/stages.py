@@ -75,7 +75,9 @@ def record_failure(run_id: str, task_id: str, error: object) -> None:
 def for_data_interval(params: dict, run_type: str, interval_end) -> dict:
     """A scheduled or backfilled run is for the date (UTC) of its data interval's end, its run_date, unless its params
     name a date (run_date or as_of); a manual run keeps its params."""
-    if run_type not in ("scheduled", "backfill") or interval_end is None or params.get("run_date") or params.get("as_of"):
+    if run_type not in ("scheduled", "backfill") or interval_end is None:
+        return params
+    if params.get("run_date") or params.get("as_of"):
         return params
     return params | {"run_date": interval_end.astimezone(timezone.utc).date().isoformat()}
 
@@ -253,6 +255,7 @@ def train_config(cfg: RunConfig, features_dir: Path | str, out_dir: Path | str, 
     names = [f.name for f in dataclasses.fields(TrainConfig)]
     values = {name: getattr(cfg, name) for name in names if hasattr(cfg, name)}
     values |= {"mlflow_run_id": None, "init_from": None, "text_cache": None, "progress_file": None, "ltv_level": 1.0,
+               "continual_since": None, "continued_runs": 0,
                "ltv_correction_weight": FALLBACK_WEIGHT if cfg.ltv_correction_weight is None
                else cfg.ltv_correction_weight}
     return TrainConfig(**values | wiring, features_dir=str(features_dir), out_dir=str(out_dir))
@@ -260,16 +263,71 @@ def train_config(cfg: RunConfig, features_dir: Path | str, out_dir: Path | str, 
 
 @stage
 def train(run: RunDir) -> dict:
-    """torchrun the trainer (models/train.py; DDP over `nproc` processes: gloo on CPU, NCCL on GPUs)."""
+    """torchrun the trainer (models/train.py; DDP over `nproc` processes: gloo on CPU, NCCL on GPUs): from scratch,
+    or continued from the @champion, as `training` and the drift checks decide (models/continual.py)."""
     cfg = run.config()
-    init = tracking.copy_champion(cfg, run.train / "init_champion.pt") if cfg.warm_start else None
+    decision, continued = training_plan(cfg, run)
+    for reason in decision.reasons:
+        log.info("training: %s (%s)", decision.mode, reason)
+    tracking.log_metrics_tags(cfg, run.mlflow_run_id, {}, {"training_mode": decision.mode,
+                                                           "training_reasons": "; ".join(decision.reasons)})
     config_file = run.train / "config.json"
-    train_config(cfg, run.features, run.train, mlflow_run_id=run.mlflow_run_id, init_from=init and str(init),
+    train_config(cfg, run.features, run.train, mlflow_run_id=run.mlflow_run_id,
                  text_cache=str(ltvrec_home() / "cache" / "item_text_minilm.parquet"),
-                 progress_file=str(run.progress_file("train")), **ltv_decisions(run)).save(config_file)
+                 progress_file=str(run.progress_file("train")), **ltv_decisions(run), **continued).save(config_file)
     launch.torchrun(config_file, launch.processes_per_node(cfg.nproc), run.log_file("train"), cfg.nnodes,
                     cfg.rdzv_endpoint, rdzv_id=run.name)
-    return run.train_result()
+    result = run.train_result()
+    notes = [f"{decision.mode}: {reason}" for reason in decision.reasons] + result.get("notes", [])
+    return result | {"decision": decision.to_dict(), "notes": notes}
+
+
+def training_plan(cfg: RunConfig, run: RunDir):
+    """(models.continual.Decision, the trainer's wiring of a continued run: the champion's checkpoint, its data end,
+    the lineage's count and the epochs; {} for a full training)."""
+    import shutil
+
+    import torch
+
+    from models.continual import Decision, Thresholds, decide
+
+    if cfg.training == "scratch":
+        return Decision("scratch", ["training=scratch"]), {}
+    version = tracking.champion_version(cfg)
+    checkpoint = tracking.model_checkpoint(cfg, version) if version else None
+    champion = torch.load(checkpoint, map_location="cpu", weights_only=False) if checkpoint else {}
+    lineage = champion.get("lineage")
+    checks = drift_checks(cfg, run, champion, version) if lineage else {}
+    limits = Thresholds(cfg.retrain_new_item_share, cfg.retrain_feature_psi, cfg.retrain_realised_drop,
+                        cfg.max_continued_runs)
+    decision = decide(cfg.training, lineage, checks, limits)
+    if decision.mode == "scratch":
+        return decision, {}
+    init = run.train / "init_champion.pt"
+    init.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(checkpoint, init)
+    return decision, {"init_from": str(init), "continual_since": lineage["trained_until"],
+                      "continued_runs": lineage.get("continued_runs", 0) + 1, "epochs": cfg.continue_epochs}
+
+
+def drift_checks(cfg: RunConfig, run: RunDir, champion: dict, version: str) -> dict:
+    """What auto's decision reads (models/continual.py): this run's data and the champion's lineage compared."""
+    from models.continual import architecture_changes, largest_shift, new_item_share, realised_drop
+    from models.data import FeatureSet, epoch
+
+    fs, lineage = FeatureSet.load(run.features), champion["lineage"]
+    events, share = new_item_share(fs.items, fs.ts, fs.item_ids, set(champion["item_ids"]),
+                                   epoch(lineage["trained_until"]))
+    # like with like: features counted over the whole history (tenure, purchases) grow with it at any cut-off
+    feature, shift = largest_shift(lineage["ltv_profile"], fs.ltv_frame("train"))
+    wanted = {"d_model": cfg.d_model, "n_heads": cfg.n_heads, "n_layers": cfg.n_layers, "max_len": cfg.max_seq_len,
+              "time_gaps": cfg.time_gaps, "ltv_user_dim": cfg.ltv_user_dim, "item_text": cfg.item_text}
+    history = serving.realised_ndcg_history(warehouse.connect(cfg.resolved_warehouse_url), cfg.registered_model,
+                                            version)
+    return {"champion_version": version, "champion_trained_until": lineage["trained_until"],
+            "architecture_changes": architecture_changes(champion["model_config"], wanted), "events_since": events,
+            "new_item_share": share, "shifted_feature": feature, "feature_psi_beyond_chance": shift,
+            "realised_drop": realised_drop(history), "continued_runs": lineage.get("continued_runs", 0)}
 
 
 @stage

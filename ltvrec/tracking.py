@@ -4,7 +4,6 @@ registry's `@champion`. The trainer logs its own curves and model into the same 
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 from ltvrec.config import RunConfig, mlflow_artifact_root, mlflow_tracking_uri, redact_url
@@ -130,12 +129,3 @@ def model_checkpoint(cfg: RunConfig, version: str) -> Path:
     return registry_checkpoint(f"models:/{cfg.registered_model}/{version}")
 
 
-def copy_champion(cfg: RunConfig, target: Path) -> Path | None:
-    """The `@champion`'s checkpoint copied to `target` (warm start); None when there is no champion yet."""
-    version = champion_version(cfg)
-    if version is None:
-        log.info("warm start requested but %s has no champion yet: training from scratch", cfg.registered_model)
-        return None
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(model_checkpoint(cfg, version), target)
-    return target

@@ -46,16 +46,20 @@ def registry_checkpoint(model_uri: str) -> Path:
     return found[0]
 
 
+TEXT_NEIGHBOURS = 10  # a new item's embedding starts as the mean of its most similar known items' (by text)
+
+
 def warm_start(model: SeqRecModel, ckpt: dict, item_ids: list[str]) -> dict[str, int]:
     """Initialise `model` from an earlier checkpoint (continual training on new data).
 
-    Item embeddings are copied by item id (new items keep their fresh initialisation); every other tensor
-    is copied where its shape matches. Returns counts of what was carried over.
+    Item embeddings are copied by item id; a new item's row starts as the similarity-weighted mean of the rows of
+    the known items whose text is closest to its own (with item text; without, it keeps its fresh initialisation).
+    Every other tensor is copied where its shape matches. Returns counts of what was carried over.
     """
     old_state, new_state = ckpt["model"], model.state_dict()
     old_index = {item: i + 1 for i, item in enumerate(ckpt["item_ids"])}
     pairs = [(i + 1, old_index[item]) for i, item in enumerate(item_ids) if item in old_index]
-    copied = 0
+    copied, by_text = 0, 0
     with torch.no_grad():
         for name, tensor in new_state.items():
             old = old_state.get(name)
@@ -63,6 +67,7 @@ def warm_start(model: SeqRecModel, ckpt: dict, item_ids: list[str]) -> dict[str,
                 new_rows, old_rows = (torch.tensor(x) for x in zip(*pairs))
                 tensor[new_rows] = old[old_rows].to(tensor.dtype)
                 copied += 1
+                by_text = init_from_text_neighbours(new_state, [new for new, _ in pairs])
             elif name == "item_text":  # data, not learned: always this run's item texts
                 continue
             elif old is not None and old.shape == tensor.shape:
@@ -70,7 +75,28 @@ def warm_start(model: SeqRecModel, ckpt: dict, item_ids: list[str]) -> dict[str,
                 copied += 1
     model.load_state_dict(new_state)
     return {"tensors_copied": copied, "tensors_total": len(new_state), "items_carried": len(pairs),
-            "items_new": len(item_ids) - len(pairs)}
+            "items_new": len(item_ids) - len(pairs), "items_new_from_text": by_text}
+
+
+def init_from_text_neighbours(state: dict[str, torch.Tensor], carried_rows: list[int]) -> int:
+    """Set each new item's embedding row (a row of state's item_emb.weight not in `carried_rows`, padding row 0
+    aside) to the mean of its TEXT_NEIGHBOURS most text-similar carried rows, weighted by cosine similarity (only
+    positive ones count). Returns how many rows were set; 0 without item text."""
+    text, emb = state.get("item_text"), state["item_emb.weight"]
+    if text is None or not carried_rows:
+        return 0
+    carried = torch.tensor(sorted(carried_rows))
+    new = torch.tensor(sorted(set(range(1, len(emb))) - set(carried_rows)), dtype=torch.long)
+    if len(new) == 0:
+        return 0
+    unit = torch.nn.functional.normalize(text.float(), dim=1)
+    similarity = unit[new] @ unit[carried].T
+    top, which = similarity.topk(min(TEXT_NEIGHBOURS, len(carried)), dim=1)
+    weights = top.clamp(min=0)
+    has_neighbour = weights.sum(dim=1) > 0
+    rows = (weights[:, :, None] * emb[carried][which]).sum(dim=1) / weights.sum(dim=1, keepdim=True).clamp(min=1e-12)
+    emb[new[has_neighbour]] = rows[has_neighbour].to(emb.dtype)
+    return int(has_neighbour.sum())
 
 
 LTV_HEAD_CONFIG = ("n_ltv_features", "ltv_user_dim", "ltv_sigma_max", "ltv_prior", "ltv_correction_weight",

@@ -47,6 +47,9 @@ class TrainConfig:
     refit_epochs: int
     mlflow_run_id: str | None  # None: nothing is logged to MLflow
     init_from: str | None  # a checkpoint to warm-start from
+    continual_since: str | None  # a continued run: the champion's data end (ISO); None: a full training
+    replay_share: float  # a continued run's sample of the users without events since then
+    continued_runs: int  # continued runs behind this one's weights since the last full training (lineage)
     text_cache: str | None  # item text embedding cache; None: <out_dir>/item_text_cache.parquet
     progress_file: str | None  # rewritten by rank 0 while training; None: none
 

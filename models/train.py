@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -35,7 +36,8 @@ from torch.utils.data import DataLoader
 
 from models.checkpoint import LoadedModel, warm_start
 from models.config import SAMPLED_SOFTMAX_ABOVE, TrainConfig
-from models.data import FeatureScaler, FeatureSet, Protocol
+from models.continual import feature_profile, recent_and_replayed
+from models.data import LTV_FEATURES, FeatureScaler, FeatureSet, Protocol, epoch
 from models.examples import LengthBatches, NegativeSampler, TrainingExamples, fit_scaler, trim_padding
 from models.metrics import ranking_metrics
 from models.ranking import model_topk
@@ -216,7 +218,7 @@ class Checkpointer:
         self.out_dir = out_dir
         self.fixed = {"train_config": asdict(cfg), "item_ids": fs.item_ids.tolist(),
                       "item_price": fs.item_price.tolist(), "scaler": scaler.to_dict(),
-                      "horizon_days": fs.split["horizon_days"]}
+                      "horizon_days": fs.split["horizon_days"], "lineage": lineage(cfg, fs)}
 
     def path(self, name: str) -> Path:
         return self.out_dir / f"{name}.pt"
@@ -233,6 +235,19 @@ class Checkpointer:
         return torch.load(path, map_location=device, weights_only=False) if path.exists() else None
 
 
+def lineage(cfg: TrainConfig, fs: FeatureSet) -> dict:
+    """What a later run's continual-training checks read (models/continual.py): the data end these weights learned
+    up to (the refit's or a continued run's window ends where the test window starts), the continued runs behind
+    them, and the profile of the training cut-off's customers' LTV features."""
+    if cfg.eval_protocol == "leave_one_out":
+        until = fs.split["end"]
+    else:
+        until = fs.split["test_start"] if cfg.refit_epochs or cfg.continual_since else fs.split["valid_start"]
+    customers = fs.ltv_frame("train") if "train" in fs.split["ltv_cutoffs"] else pd.DataFrame()
+    return {"trained_until": until, "continued_runs": cfg.continued_runs,
+            "ltv_profile": feature_profile(customers, LTV_FEATURES) if len(customers) else {}}
+
+
 class Trainer:
     """One training run: data, model, optimizer, checkpoints, and where training stands."""
 
@@ -245,7 +260,8 @@ class Trainer:
         use_prior = cfg.ltv_prior and "ltv_prior" in self.fs.ltv.columns
         self.scaler = fit_scaler(self.fs, use_prior)
         self.protocol = Protocol.build(self.fs, cfg.eval_protocol)
-        self.examples = self.training_examples(self.protocol.train_end)
+        self.examples = self.training_examples(self.continual_ends() if cfg.continual_since
+                                               else self.protocol.train_end)
         self.raw_model = build_model(cfg, self.fs, self.scaler, use_prior, self.item_text()).to(rt.device)
         self.optimizer = self.new_optimizer()
         self.checkpoints = Checkpointer(self.out_dir, cfg, self.fs, self.scaler)
@@ -264,6 +280,16 @@ class Trainer:
         for text in examples.notes:
             self.state.note(text)
         return examples
+
+    def continual_ends(self) -> np.ndarray:
+        """A continued run's examples, up to the validation window's end (the champion's weights already had the
+        earlier windows): the users with events since the champion's data end, a replay sample of the others."""
+        since, ends = epoch(self.cfg.continual_since), self.protocol.valid_end
+        cut = np.array([self.fs.cut(u, since) for u in range(len(self.fs.users))], dtype=np.int64)
+        keep, recent, replayed = recent_and_replayed(cut, ends, self.cfg.replay_share, self.cfg.seed)
+        self.state.note(f"continued from the champion: {recent:,} users with events since {self.cfg.continual_since}"
+                        f" and {replayed:,} replayed ({self.cfg.replay_share:g} of the others)")
+        return np.where(keep, ends, 0)
 
     def item_text(self) -> np.ndarray | None:
         """Item text vectors by item index: encoded once by rank 0 (cached by text digest), read by every rank."""
@@ -319,21 +345,24 @@ class Trainer:
     def run(self, tracking) -> None:
         """The training phase, then the refit; `tracking`: the mlflow module on rank 0 of a tracked run, else None."""
         self.tracking, self.started = tracking, time.time()
-        if tracking is not None and self.state.epoch == 0:
+        if tracking is not None and self.state.epoch == 0 and self.state.refit_done == 0:
             self.log_params()
-        if not self.state.stopped:
-            self.fit("train", self.examples, self.cfg.epochs)
-        self.state.stopped = True
-        if self.rt.master:
-            self.checkpoints.save("last", self.raw_model, self.state, self.optimizer)
-        self.refit()
+        if self.cfg.continual_since:  # no validation: the champion's weights have seen the validation window
+            self.fit("continue", self.examples, self.cfg.epochs)
+        else:
+            if not self.state.stopped:
+                self.fit("train", self.examples, self.cfg.epochs)
+            self.state.stopped = True
+            if self.rt.master:
+                self.checkpoints.save("last", self.raw_model, self.state, self.optimizer)
+            self.refit()
         if self.rt.master:
             self.finish(time.time() - self.started)
 
     def fit(self, phase: str, examples: TrainingExamples, epochs: int | None) -> None:
         """The epochs of a phase not done yet (a resumed run skips the others). "train" validates after each
         epoch, keeps best.pt and stops early (patience), when the time budget is spent or after `epochs` (None: no
-        limit); "refit" runs all its epochs, each ending in final.pt. Every epoch ends in last.pt."""
+        limit); "refit" and "continue" run all their epochs, each ending in final.pt. Every epoch ends in last.pt."""
         loader = self.loader(examples)
         done = self.state.epoch if phase == "train" else self.state.refit_done
         for i in range(done, epochs) if epochs else itertools.count(done):
@@ -365,7 +394,8 @@ class Trainer:
         for number, batch in enumerate(loader, 1):
             step = i * len(loader) + number - 1
             for group in self.optimizer.param_groups:
-                # the refit: a fresh optimizer at the peak rate for its whole epochs, as before the schedule
+                # the refit: a fresh optimizer at the peak rate for its whole epochs, as before the schedule; a
+                # continued run warms up and decays over its epochs like a training
                 group["lr"] = (self.cfg.lr if phase == "refit"
                                else learning_rate(self.cfg, step, len(loader), self.state.planned_epochs))
             losses = self.step(batch, target_unit)
@@ -404,8 +434,8 @@ class Trainer:
             label, step = "epoch", i + 1
         else:
             self.checkpoints.save("final", self.raw_model, self.state)
-            metrics = {f"refit_{k}": v for k, v in metrics.items()}
-            label, step = "refit epoch", self.state.epoch + i + 1
+            metrics = {f"{phase}_{k}": v for k, v in metrics.items()}
+            label, step = f"{phase} epoch", self.state.epoch + i + 1
         self.checkpoints.save("last", self.raw_model, self.state, self.optimizer)
         values = " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
         print(f"{label} {i + 1}/{self.planned(phase, epochs)}: {values}", flush=True)
@@ -470,15 +500,20 @@ class Trainer:
         self.tracking.log_params({k: v for k, v in params.items() if k not in logged})
 
     def finish(self, seconds: float) -> None:
-        """result.json (with the MLflow model's URI in a tracked run), and the same as one printed line."""
+        """result.json (with the MLflow model's URI in a tracked run), and the same as one printed line. A continued
+        run validated nothing: it has no best epoch."""
         state = self.state
-        result = {"init": state.init, "best_epoch": state.best_epoch, "epochs_run": state.epoch,
-                  "refit_epochs": state.refit_done, "best_val_ndcg_10": state.best_ndcg, "train_seconds": seconds,
-                  "world_size": self.rt.world, "device": self.rt.device.type, "notes": state.notes}
+        if self.cfg.continual_since:
+            summary = {"mode": "continue", "epochs_run": state.refit_done}
+        else:
+            summary = {"mode": "scratch", "best_epoch": state.best_epoch, "epochs_run": state.epoch,
+                       "refit_epochs": state.refit_done, "best_val_ndcg_10": state.best_ndcg}
+        result = summary | {"init": state.init, "train_seconds": seconds, "world_size": self.rt.world,
+                            "device": self.rt.device.type, "notes": state.notes}
         if self.tracking is not None:
             result = log_model(self.tracking, self.checkpoints.path("final")) | result
-            self.tracking.log_metrics({"best_val_ndcg_10": state.best_ndcg, "best_epoch": state.best_epoch,
-                                       "train_seconds": seconds})
+            self.tracking.log_metrics({k: v for k, v in result.items() if k in ("best_val_ndcg_10", "best_epoch",
+                                                                                 "train_seconds")})
         write_json(self.out_dir / "result.json", result)
         print(f"training done: {json.dumps(result)}", flush=True)
 

@@ -77,3 +77,15 @@ def test_the_last_run_measured_how_the_earlier_dates_turned_out(home, runs):
                                        f"where run_date < date '{RUN_DATES[-1]}'")[0][0]
     realised = json.loads(runs[RUN_DATES[-1]].summary_file.read_text())["realised"]["recommendation"]
     assert realised["run_date"] in RUN_DATES[:2] and realised["users_active"] > 0
+
+
+def test_the_later_dates_continued_from_the_champion_and_said_why(runs):
+    first, *later = (json.loads(runs[d].summary_file.read_text())["training"] for d in RUN_DATES)
+    assert first["mode"] == "scratch" and first["decision"]["reasons"] == [
+        "no @champion with a recorded data end to continue from"]
+    for training in later:  # a week of the same synthetic shop: nothing asks for a full retrain
+        checks = training["decision"]["checks"]
+        assert training["mode"] == "continue", training["decision"]
+        assert checks["events_since"] > 0 and checks["new_item_share"] == 0
+        assert checks["feature_psi_beyond_chance"] < 0.25
+        assert training["epochs_run"] == 2 and "best_epoch" not in training

@@ -105,7 +105,8 @@ def latest_summary(home: Path) -> dict:
 def test_rerun_of_the_same_date_replaces_rows(home):
     before = query(home, "select run_date, count(*) from serving.recommendations group by run_date")
     lenient = json.dumps(json.loads(CONF) | {"ndcg_tolerance": 1.0, "gini_tolerance": 1.0})  # 1 epoch may be worse
-    again = ltvrec(home, "run", "--synthetic-users", "250", "--epochs", "1", "--top-n", "5", "--warm-start", "--conf", lenient)
+    again = ltvrec(home, "run", "--synthetic-users", "250", "--epochs", "1", "--top-n", "5", "--training", "continue",
+                   "--conf", lenient)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     summary = latest_summary(home)
     assert summary["registry"]["decision"] == "promoted" and summary["registry"]["champion_before"] == "1"
@@ -115,7 +116,9 @@ def test_rerun_of_the_same_date_replaces_rows(home):
     assert [(d, n) for d, n, _ in after] == before
     assert after[0][2] == "2"  # the new champion's rows replaced the old ones
     newest = max((home / "runs").glob("*/train/result.json"), key=lambda p: p.stat().st_mtime)
-    assert json.loads(newest.read_text())["init"].startswith("warm start from")  # continual training
+    continued = json.loads(newest.read_text())
+    assert continued["mode"] == "continue" and continued["init"].startswith("warm start from")
+    assert summary["training"]["decision"]["reasons"] == ["training=continue"]
 
 
 def test_a_challenger_that_fails_the_model_gate_stays_registered_and_the_champion_scores(home):

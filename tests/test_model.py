@@ -113,6 +113,25 @@ def test_warm_start_maps_item_embeddings_by_id():
     assert torch.equal(new.blocks[0].qkv.weight, old.blocks[0].qkv.weight)
 
 
+def test_a_new_item_starts_from_the_known_items_with_the_closest_text():
+    from models.checkpoint import warm_start
+
+    torch.manual_seed(0)
+    old = SeqRecModel(config(n_items=4, n_ltv_features=4, max_len=8, d_model=16, text_dim=3)).eval()
+    ckpt = {"model": old.state_dict(), "item_ids": ["a", "b", "c"]}
+    new = SeqRecModel(config(n_items=6, n_ltv_features=4, max_len=8, d_model=16, text_dim=3)).eval()
+    # this run's texts: "new" reads like "a" (and a little like "b"), "odd" like nothing known
+    new.item_text.copy_(torch.tensor([[0, 0, 0], [1, 0, 0], [0.6, 0.8, 0], [0, 1, 0], [0.8, 0.6, 0], [0, 0, -1.0]]))
+    fresh = new.item_emb.weight[5].detach().clone()
+    carried = warm_start(new, ckpt, ["a", "b", "c", "new", "odd"])
+    assert carried["items_new"] == 2 and carried["items_new_from_text"] == 1
+    rows = old.item_emb.weight
+    sims = torch.tensor([0.8, 0.8 * 0.6 + 0.6 * 0.8, 0.6])  # new's cosine to a, b and c (unit rows)
+    expected = (sims[:, None] * rows[1:4]).sum(0) / sims.sum()
+    assert torch.allclose(new.item_emb.weight[4], expected, atol=1e-6)
+    assert torch.equal(new.item_emb.weight[5], fresh)  # no known item's text points its way: fresh
+
+
 def test_item_text_gives_cold_items_a_representation():
     torch.manual_seed(0)
     model = SeqRecModel(config(n_items=5, n_ltv_features=4, max_len=8, d_model=16, text_dim=6)).eval()

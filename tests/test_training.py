@@ -218,3 +218,29 @@ def test_the_model_gate_rejects_a_champion_copy_with_shuffled_items(trained, tmp
                       {"ndcg_10": 0.005, "gini": 0.01, "decile_mape": 0.02})
     assert not decision.heads["recommendation"]
     assert "worse beyond tolerance 0.005" in decision.reasons[0] and "vs champion v1" in decision.reasons[0]
+
+
+def test_a_continued_run_starts_from_the_champion_and_learns_from_the_recent_users(features_run, trained, tmp_path):
+    import torch
+
+    champion = torch.load(trained / "train" / "final.pt", map_location="cpu", weights_only=False)
+    split = json.loads((features_run / "features" / "split.json").read_text())
+    assert champion["lineage"]["trained_until"] == split["test_start"]  # after the refit on the validation window
+    assert champion["lineage"]["continued_runs"] == 0 and "net_spend" in champion["lineage"]["ltv_profile"]
+
+    out = tmp_path / "continued"
+    (out / "train").mkdir(parents=True)
+    (out / "features").symlink_to(features_run / "features")
+    cfg = RunConfig.from_dict(json.loads((features_run / "config.json").read_text()))
+    since = split["valid_start"]  # as if the champion's data had ended a window earlier: users since then are new
+    train_config(cfg, out / "features", out / "train", mlflow_run_id=None,
+                 init_from=str(trained / "train" / "final.pt"), continual_since=since, continued_runs=1, epochs=2,
+                 text_cache=str(features_run.parent / "item_text_cache.parquet")).save(out / "train" / "config.json")
+    printed = finish(train(out, 1))
+    done = result(out)
+    assert done["mode"] == "continue" and done["epochs_run"] == 2 and done["init"].startswith("warm start from")
+    assert "continue epoch 2/2" in printed and "val_ndcg" not in printed and "best_epoch" not in done  # no validation
+    assert any(n.startswith("continued from the champion: ") and f"events since {since}" in n for n in done["notes"])
+    final = torch.load(out / "train" / "final.pt", map_location="cpu", weights_only=False)
+    assert final["lineage"]["continued_runs"] == 1 and final["lineage"]["trained_until"] == split["test_start"]
+    assert not torch.equal(final["model"]["item_emb.weight"], champion["model"]["item_emb.weight"])  # it learned

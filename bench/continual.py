@@ -1,0 +1,170 @@
+"""Does continual learning pay? Online Retail II replayed week by week under three training policies (issue 17).
+
+    .venv/bin/python bench/continual.py [--path ../shared/data/online_retail_II.parquet] [--weeks 8] [--out FILE]
+
+One run per week (run_date: each sees only the events before its date, as a backfill's runs do) over the last
+`--weeks` weeks whose 7-day outcome window the data covers, under each policy:
+
+- frozen: the first week's model scores every week (later challengers are trained but the gate is set to reject
+  them; their training does not count as the policy's cost);
+- continue: `training=continue` from the champion each later week;
+- scratch: `training=scratch` every week.
+
+The first week is the same full training for all three: it runs once and each policy starts from a copy of its
+state. At the end, dbt runs once more in each policy's warehouse on the whole file, so serving.model_performance
+holds the realised figures of every published week. Prints JSON: per policy and week, the published version, the
+realised HR@10, NDCG@10 and revenue@10 (and LTV Gini once a horizon has passed), training seconds; per policy, the
+means; the frozen model's decay per week; and the issue's aims checked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date, timedelta
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+OUTCOME_DAYS = 7
+POLICIES = {
+    "frozen": {"training": "continue", "continue_epochs": 1, "replay_share": 0.0, "ndcg_tolerance": -1.0,
+               "gini_tolerance": -1.0, "decile_mape_tolerance": -1.0},
+    "continue": {"training": "continue"},
+    "scratch": {"training": "scratch"},
+}
+REALISED = ("hit_rate_at_n", "ndcg_at_n", "revenue_at_n", "users_active", "window_complete", "ltv_normalized_gini")
+
+
+def ltvrec(home: Path, path: str, run_date: str, params: dict) -> dict:
+    """One in-process DAG run for `run_date` in LTVREC_HOME `home`; its summary and wall seconds."""
+    env = {**os.environ, "LTVREC_HOME": str(home)}
+    for key in ("AIRFLOW_HOME", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "MLFLOW_TRACKING_URI"):
+        env.pop(key, None)
+    started = time.time()
+    cmd = [str(Path(sys.executable).parent / "ltvrec"), "run", "--source", "online_retail", "--path", path,
+           "--run-date", run_date, "--conf", json.dumps(params)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"run {run_date} in {home} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    summaries = (home / "runs").glob("*/summary.json")
+    summary = json.loads(max(summaries, key=lambda p: p.stat().st_mtime).read_text())
+    return summary | {"wall_seconds": round(time.time() - started, 1)}
+
+
+def week_record(summary: dict, policy: str, first: bool) -> dict:
+    training = summary["training"]
+    counted = not (policy == "frozen" and not first)  # frozen's later trainings are thrown away
+    return {"run_date": summary["run_date"], "published_version": summary["registry"].get("champion"),
+            "registry_decision": summary["registry"].get("decision"), "training_mode": training.get("mode"),
+            "train_seconds": round(training.get("train_seconds", 0.0), 1) if counted else 0.0,
+            "train_stage_seconds": round(summary["timings_s"].get("train", 0.0), 1) if counted else 0.0,
+            "wall_seconds": summary["wall_seconds"],
+            "offline_ndcg_10": summary["metrics"]["recommendation"].get("model", {}).get("ndcg_10")}
+
+
+def measure(home: Path, path: str, events_end: date) -> dict[str, dict]:
+    """dbt on the whole file in the policy's warehouse: serving.model_performance of every published date."""
+    os.environ["LTVREC_HOME"] = str(home)
+    from ltvrec import cleaning, sources, warehouse
+    from ltvrec.config import default_warehouse_url
+
+    events, items = sources.load("online_retail", path, None)
+    wh = warehouse.connect(default_warehouse_url())
+    wh.replace_table("raw", "events", events)
+    wh.replace_table("raw", "items", items)
+    as_of = (events_end - timedelta(days=1)).isoformat()
+    cleaning.dbt_build(wh, cleaning.dbt_vars(as_of, outcome_days=OUTCOME_DAYS), home / "measure" / "target",
+                       home / "measure" / "logs")
+    rows = wh.query("select * from serving.model_performance").to_pylist()
+    return {str(r["run_date"])[:10]: {k: r[k] for k in REALISED} | {"model_version": r["model_version"]}
+            for r in rows if r["users_covered"]}
+
+
+def last_event_day(path: str) -> date:
+    from ltvrec import sources
+
+    events, _ = sources.load("online_retail", path, None)
+    return events.column("event_ts").to_pandas().max().date()
+
+
+def mean(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return round(float(np.mean(values)), 4) if values else None
+
+
+def summarise(weeks: list[dict]) -> dict:
+    later = weeks[1:]  # the first week is the same run for every policy
+    return {"mean_ndcg_at_10": mean([w["realised"].get("ndcg_at_n") for w in later]),
+            "mean_hit_rate_at_10": mean([w["realised"].get("hit_rate_at_n") for w in later]),
+            "mean_revenue_at_10": mean([w["realised"].get("revenue_at_n") for w in later]),
+            "mean_ltv_gini": mean([w["realised"].get("ltv_normalized_gini") for w in later]),
+            "train_seconds": round(sum(w["train_seconds"] for w in later), 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--path", default=str(ROOT.parent / "shared" / "data" / "online_retail_II.parquet"))
+    ap.add_argument("--weeks", type=int, default=8)
+    ap.add_argument("--policies", nargs="+", default=list(POLICIES), choices=list(POLICIES))
+    ap.add_argument("--out", type=Path, help="also write the JSON here")
+    args = ap.parse_args()
+    path = str(Path(args.path).resolve())
+    events_end = last_event_day(path) + timedelta(days=1)
+    last = events_end - timedelta(days=OUTCOME_DAYS)  # the last run date whose outcome window the data covers
+    dates = [(last - timedelta(weeks=args.weeks - 1 - k)).isoformat() for k in range(args.weeks)]
+    out = {"dataset": "online_retail_II", "machine_cpus": os.cpu_count(), "run_dates": dates,
+           "outcome_days": OUTCOME_DAYS, "policies": {}}
+    with tempfile.TemporaryDirectory(prefix="ltvrec-continual-") as tmp:
+        base = Path(tmp) / "first"
+        first = ltvrec(base, path, dates[0], {"training": "scratch"})
+        for policy in args.policies:
+            home = Path(tmp) / policy
+            shutil.copytree(base, home)  # MLflow's artifacts stay under `base`: its runs' URIs point there
+            weeks = [week_record(first, policy, True)]
+            for run_date in dates[1:]:
+                weeks.append(week_record(ltvrec(home, path, run_date, POLICIES[policy]), policy, False))
+                print(json.dumps({policy: weeks[-1]}), file=sys.stderr, flush=True)
+            realised = measure(home, path, events_end)
+            for week in weeks:
+                week["realised"] = realised.get(week["run_date"], {})
+            out["policies"][policy] = {"weeks": weeks, "summary": summarise(weeks)}
+    out |= verdict(out["policies"])
+    text = json.dumps(out, indent=2, default=str)
+    if args.out:
+        args.out.write_text(text)
+    print(text)
+
+
+def verdict(policies: dict) -> dict:
+    """The issue's aims: continue within 0.005 NDCG@10 of scratch on average at <= 35% of its training time, and
+    above frozen; the frozen model's realised NDCG@10 per week (a least-squares slope)."""
+    found = {}
+    if "frozen" in policies:
+        ndcg = [w["realised"].get("ndcg_at_n") for w in policies["frozen"]["weeks"]]
+        weeks = [i for i, v in enumerate(ndcg) if v is not None]
+        if len(weeks) >= 2:
+            found["frozen_ndcg_change_per_week"] = round(float(np.polyfit(weeks, [ndcg[i] for i in weeks], 1)[0]), 5)
+    if {"continue", "scratch"} <= set(policies):
+        c, s = policies["continue"]["summary"], policies["scratch"]["summary"]
+        if c["mean_ndcg_at_10"] is not None and s["mean_ndcg_at_10"] is not None:
+            found["continue_minus_scratch_ndcg"] = round(c["mean_ndcg_at_10"] - s["mean_ndcg_at_10"], 4)
+            found["continue_within_0_005_of_scratch"] = found["continue_minus_scratch_ndcg"] >= -0.005
+        if s["train_seconds"]:
+            found["continue_train_time_share"] = round(c["train_seconds"] / s["train_seconds"], 3)
+            found["continue_at_most_35_percent_of_the_time"] = found["continue_train_time_share"] <= 0.35
+        if "frozen" in policies and policies["frozen"]["summary"]["mean_ndcg_at_10"] is not None:
+            found["continue_above_frozen"] = c["mean_ndcg_at_10"] > policies["frozen"]["summary"]["mean_ndcg_at_10"]
+    return {"aims": found}
+
+
+if __name__ == "__main__":
+    main()
