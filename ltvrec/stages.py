@@ -325,6 +325,7 @@ def drift_checks(cfg: RunConfig, run: RunDir, champion: dict, version: str) -> d
     history = serving.realised_ndcg_history(warehouse.connect(cfg.resolved_warehouse_url), cfg.registered_model,
                                             version)
     return {"champion_version": version, "champion_trained_until": lineage["trained_until"],
+            "champion_saw_the_test_window": epoch(lineage["trained_until"]) > epoch(fs.split["test_start"]),
             "architecture_changes": architecture_changes(champion["model_config"], wanted), "events_since": events,
             "new_item_share": share, "shifted_feature": feature, "feature_psi_beyond_chance": shift,
             "realised_drop": realised_drop(history), "continued_runs": lineage.get("continued_runs", 0)}

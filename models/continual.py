@@ -135,6 +135,9 @@ def decide(requested: str, lineage: dict | None, checks: dict, limits: Threshold
     if checks.get("architecture_changes"):
         return Decision("scratch", [f"the model's shape changed ({checks['architecture_changes']}): the champion's "
                                     "weights do not fit"], checks)
+    if checks.get("champion_saw_the_test_window"):
+        return Decision("scratch", ["the champion learned from events of this run's test window (a backfill of an "
+                                    "earlier date): continuing from it would not be judged fairly"], checks)
     if requested == "continue":
         return Decision("continue", ["training=continue"], checks)
     retrain = []

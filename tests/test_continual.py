@@ -77,9 +77,12 @@ def test_auto_continues_only_when_no_check_asks_for_a_retrain():
         assert decision.mode == "scratch" and words in decision.reasons[0], (change, decision.reasons)
     worn = decide("auto", LINEAGE | {"continued_runs": 3}, CALM, LIMITS)
     assert worn.mode == "scratch" and "3 continued runs" in worn.reasons[0]
-    # asked for explicitly, a continued run needs only weights that fit
+    ahead = decide("auto", LINEAGE, CALM | {"champion_saw_the_test_window": True}, LIMITS)
+    assert ahead.mode == "scratch" and "backfill of an earlier date" in ahead.reasons[0]
+    # asked for explicitly, a continued run needs only weights that fit and a fair test
     assert decide("continue", LINEAGE, CALM | {"new_item_share": 0.9}, LIMITS).mode == "continue"
     assert decide("continue", LINEAGE, CALM | {"architecture_changes": "n_layers 2 -> 3"}, LIMITS).mode == "scratch"
+    assert decide("continue", LINEAGE, CALM | {"champion_saw_the_test_window": True}, LIMITS).mode == "scratch"
 
 
 def test_the_realised_drop_is_against_the_first_measured_date():
