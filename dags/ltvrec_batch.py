@@ -101,7 +101,7 @@ def ltvrec_batch():
         from ltvrec import stages
 
         context = get_current_context()
-        params = stages.for_data_interval(dict(context["params"]), str(context["dag_run"].run_type),
+        params = stages.for_data_interval(dict(context["params"]), context["dag_run"].run_type,
                                           context.get("data_interval_end"))
         return stages.prepare(params, context["run_id"])
 

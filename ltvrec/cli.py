@@ -127,7 +127,8 @@ def backfill(**options) -> None:
         fail(str(exc))
     if on_stack:
         if every is not None:
-            fail("--every is for in-process backfills: on the stack the DAG's schedule (LTVREC_SCHEDULE) sets the dates")
+            fail("--every is for in-process backfills: on the stack the DAG's schedule (LTVREC_SCHEDULE) sets the "
+                 "dates")
         execute(params, verbose, on_stack=True, backfill=(dates[0], dates[-1]))
     for i, run_date in enumerate(dates):
         typer.echo(f"backfill {i + 1}/{len(dates)}: run_date {run_date}")

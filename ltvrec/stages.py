@@ -72,10 +72,10 @@ def record_failure(run_id: str, task_id: str, error: object) -> None:
         run.mark_failed(name, f"{task}: {error}" if task else str(error))
 
 
-def for_data_interval(params: dict, run_type: str, interval_end) -> dict:
+def for_data_interval(params: dict, run_type, interval_end) -> dict:
     """A scheduled or backfilled run is for the date (UTC) of its data interval's end, its run_date, unless its params
-    name a date (run_date or as_of); a manual run keeps its params."""
-    if run_type not in ("scheduled", "backfill") or interval_end is None:
+    name a date (run_date or as_of); a manual run keeps its params. `run_type`: Airflow's DagRunType (or its value)."""
+    if getattr(run_type, "value", run_type) not in ("scheduled", "backfill") or interval_end is None:
         return params
     if params.get("run_date") or params.get("as_of"):
         return params

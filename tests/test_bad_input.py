@@ -340,7 +340,8 @@ def build_marts(url: str, quarantine_input, tmp: Path) -> dict:
     wh = warehouse.connect(url)
     wh.replace_table("raw", "events", events)
     wh.replace_table("raw", "items", items)
-    record = cleaning.dbt_build(wh, cleaning.dbt_vars(AS_OF), tmp / "target", tmp / "logs")  # raises naming the failed nodes
+    # raises naming the failed nodes
+    record = cleaning.dbt_build(wh, cleaning.dbt_vars(AS_OF), tmp / "target", tmp / "logs")
     fct = wh.query("select event_id, user_id, item_id, event_type, event_ts, quantity, unit_price from marts.fct_events")
     quarantine = wh.query("select source_row, reject_reason, source_file from marts.events_quarantine")
     n_raw = wh.query("select count(*) as n from raw.events").to_pylist()[0]["n"]

@@ -105,7 +105,12 @@ def test_a_scheduled_or_backfilled_run_is_for_its_data_intervals_end():
     from ltvrec.stages import for_data_interval
 
     end = datetime(2026, 6, 8, tzinfo=timezone.utc)
+    from airflow.sdk.api.datamodels._generated import DagRunType  # what a task's context holds
+
     assert for_data_interval({"top_n": 5}, "scheduled", end) == {"top_n": 5, "run_date": "2026-06-08"}
+    assert for_data_interval({}, DagRunType.SCHEDULED, end) == {"run_date": "2026-06-08"}
+    assert for_data_interval({}, DagRunType.BACKFILL, end) == {"run_date": "2026-06-08"}
+    assert for_data_interval({}, DagRunType.MANUAL, end) == {}
     assert for_data_interval({}, "backfill", end + timedelta(hours=6)) == {"run_date": "2026-06-08"}
     assert for_data_interval({}, "backfill", datetime(2026, 6, 8, 1, tzinfo=timezone(timedelta(hours=2)))) == {
         "run_date": "2026-06-07"}  # the date in UTC

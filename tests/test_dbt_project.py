@@ -348,8 +348,8 @@ def test_realised_performance_agrees_with_the_offline_metrics(tmp_path):
     wh = warehouse.connect(f"duckdb:///{path}")
     run_date, outcome_days, horizon, top_n = pd.Timestamp("2024-02-01"), 7, 20, 3
     before = events[events.event_ts < run_date]
-    recs = [(u, rank + 1, item) for u in before.user_id.unique()
-            for rank, item in enumerate(rng.permutation(sorted(set(items) - set(before[before.user_id == u].item_id)))[:top_n])]
+    unseen = {u: sorted(set(items) - set(before[before.user_id == u].item_id)) for u in before.user_id.unique()}
+    recs = [(u, rank + 1, item) for u, left in unseen.items() for rank, item in enumerate(rng.permutation(left)[:top_n])]
     customers = sorted(before[before.event_type == "purchase"].user_id.unique())
     predicted = rng.uniform(0, 100, len(customers))
     meta = {"run_date": [run_date.date()], "model_name": ["m"], "model_version": ["1"], "mlflow_run_id": ["r"],
