@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
@@ -38,13 +39,15 @@ def stack_processes(home: Path) -> list[psutil.Process]:
     return found
 
 
-@pytest.fixture(scope="module")
-def stack():
+@contextmanager
+def running_stack(prefix: str, **settings: str):
+    """`ltvrec stack up` in a fresh home with `settings` in its environment; yields (Stack, env); then `stack down`,
+    and no process of the stack is left."""
     # not under pytest's basetemp: another pytest session may tighten its mode to 700 meanwhile, and PostgreSQL runs
     # as its own user when the tests run as root
-    home = Path(tempfile.mkdtemp(prefix="ltvrec-stack-test-"))
+    home = Path(tempfile.mkdtemp(prefix=prefix))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLFLOW", "LTVREC_"))}
-    env |= {"LTVREC_HOME": str(home), "LTVREC_TASK_RETRIES": "0", "LTVREC_SPARK_WORKER_MEMORY": "2g"}
+    env |= {"LTVREC_HOME": str(home), "LTVREC_TASK_RETRIES": "0", "LTVREC_SPARK_WORKER_MEMORY": "2g", **settings}
     up = ltvrec(env, "stack", "up", timeout=420)
     try:
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
@@ -55,6 +58,12 @@ def stack():
         left = [p for p in stack_processes(home) if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
         assert not left, [" ".join(p.cmdline()[:4]) for p in left]
         shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def stack():
+    with running_stack("ltvrec-stack-test-") as started:
+        yield started
 
 
 @pytest.fixture(scope="module")

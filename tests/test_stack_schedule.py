@@ -3,18 +3,13 @@ scheduler's own run is for the date its data interval ends on, and `ltvrec backf
 Airflow's backfill, each run publishing its own partition from the events before its date."""
 
 import json
-import os
-import shutil
-import tempfile
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 
 import pytest
 
 from ltvrec.on_stack import follow, run_folder, wait_for_dag
-from ltvrec.stack import Stack
-from test_stack import ltvrec, serving_rows
+from test_stack import ltvrec, running_stack, serving_rows
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 PARAMS = {"synthetic_users": 200, "synthetic_items": 60, "holdout_days": 21, "horizon_days": 60, "epochs": 1,
@@ -24,18 +19,8 @@ BACKFILL = ["2026-06-29", "2026-06-30"]  # the synthetic history ends on 2026-06
 
 @pytest.fixture(scope="module")
 def stack():
-    home = Path(tempfile.mkdtemp(prefix="ltvrec-stack-schedule-"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLFLOW", "LTVREC_"))}
-    env |= {"LTVREC_HOME": str(home), "LTVREC_TASK_RETRIES": "0", "LTVREC_SPARK_WORKER_MEMORY": "2g",
-            "LTVREC_SCHEDULE": "@daily", "LTVREC_PARAMS": json.dumps(PARAMS)}
-    up = ltvrec(env, "stack", "up", timeout=420)
-    try:
-        assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
-        yield Stack(home), env
-    finally:
-        down = ltvrec(env, "stack", "down", timeout=300)
-        assert down.returncode == 0, down.stdout + down.stderr
-        shutil.rmtree(home, ignore_errors=True)
+    with running_stack("ltvrec-stack-schedule-", LTVREC_SCHEDULE="@daily", LTVREC_PARAMS=json.dumps(PARAMS)) as started:
+        yield started
 
 
 def test_the_scheduled_run_is_for_its_data_intervals_end(stack):

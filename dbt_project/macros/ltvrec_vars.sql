@@ -3,30 +3,39 @@
     against a strict pattern first and the run fails at compile time on anything else).
 -#}
 
+{% macro ltvrec_date_var(name) -%}
+    {#- The date var `name` as 'YYYY-MM-DD', or '' when it is empty; anything else fails compilation. -#}
+    {%- set raw = var(name, '') -%}
+    {%- set raw = '' if raw is none else (raw | string | trim) -%}
+    {%- if raw != '' and not modules.re.match('^[0-9]{4}-[0-9]{2}-[0-9]{2}$', raw) -%}
+        {{ exceptions.raise_compiler_error("var '" ~ name ~ "' must be 'YYYY-MM-DD' or empty, got: " ~ raw) }}
+    {%- endif -%}
+    {{ return(raw) }}
+{%- endmacro %}
+
 {% macro ltvrec_as_of_date(events_relation) -%}
     {#- Run date as a SQL date expression. Empty var: the date of the latest event_ts in events_relation. -#}
-    {%- set raw = var('as_of', '') -%}
-    {%- set raw = '' if raw is none else (raw | string | trim) -%}
+    {%- set raw = ltvrec_date_var('as_of') -%}
     {%- if raw == '' -%}
         (select cast(max(event_ts) as date) from {{ events_relation }})
-    {%- elif modules.re.match('^[0-9]{4}-[0-9]{2}-[0-9]{2}$', raw) -%}
-        cast('{{ raw }}' as date)
     {%- else -%}
-        {{ exceptions.raise_compiler_error("var 'as_of' must be 'YYYY-MM-DD' or empty, got: " ~ raw) }}
+        cast('{{ raw }}' as date)
     {%- endif -%}
 {%- endmacro %}
 
 {% macro ltvrec_defer_from() -%}
     {#- Start of a later run's events as a SQL timestamp (var defer_from 'YYYY-MM-DD'); empty: NULL, none are. -#}
-    {%- set raw = var('defer_from', '') -%}
-    {%- set raw = '' if raw is none else (raw | string | trim) -%}
+    {%- set raw = ltvrec_date_var('defer_from') -%}
     {%- if raw == '' -%}
         cast(null as timestamp)
-    {%- elif modules.re.match('^[0-9]{4}-[0-9]{2}-[0-9]{2}$', raw) -%}
-        cast('{{ raw }}' as timestamp)
     {%- else -%}
-        {{ exceptions.raise_compiler_error("var 'defer_from' must be 'YYYY-MM-DD' or empty, got: " ~ raw) }}
+        cast('{{ raw }}' as timestamp)
     {%- endif -%}
+{%- endmacro %}
+
+{% macro ltvrec_events_end(events_relation) -%}
+    {#- Where a load's clean events end (exclusive), as a SQL timestamp: the day after the latest one. -#}
+    (select cast(cast(max(event_ts) as date) + 1 as timestamp) from {{ events_relation }})
 {%- endmacro %}
 
 {% macro ltvrec_min_event_ts() -%}

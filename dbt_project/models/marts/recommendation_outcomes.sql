@@ -17,8 +17,7 @@ events as (
 
 params as (
 
-    select cast(cast(max(event_ts) as date) + 1 as timestamp) as events_end_ts
-    from events
+    select {{ ltvrec_events_end(ref('fct_events')) }} as events_end_ts
 
 ),
 
