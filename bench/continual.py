@@ -1,8 +1,11 @@
 """Does continual learning pay? Online Retail II replayed week by week under three training policies (issue 17).
 
     .venv/bin/python bench/continual.py [--path ../shared/data/online_retail_II.parquet] [--weeks 8] [--out FILE]
+        [--source warehouse|online_retail]
 
-One run per week (run_date: each sees only the events before its date, as a backfill's runs do) over the last
+The events reach the runs through the warehouse source (default): the file, as a team would keep it in its warehouse
+(`shop.events` with a load time, `shop.items`), read where it is by every run; `--source online_retail` reads the
+file itself at every run instead. One run per week (run_date: each sees only the events before its date, as a backfill's runs do) over the last
 `--weeks` weeks whose 7-day outcome window the data covers, under each policy:
 
 - frozen: the first week's model scores every week (later challengers are trained but the gate is set to reject
@@ -27,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -44,14 +47,48 @@ POLICIES = {
 REALISED = ("hit_rate_at_n", "ndcg_at_n", "revenue_at_n", "users_active", "window_complete", "ltv_normalized_gini")
 
 
-def ltvrec(home: Path, path: str, run_date: str, params: dict) -> dict:
-    """One in-process DAG run for `run_date` in LTVREC_HOME `home`; its summary and wall seconds."""
+TEAM_SCHEMA = "shop"
+
+
+def source_args(source: str, path: str) -> list[str]:
+    if source == "warehouse":
+        return ["--source", "warehouse", "--raw-schema", TEAM_SCHEMA]
+    return ["--source", "online_retail", "--path", path]
+
+
+def warehouse_of(home: Path):
+    os.environ["LTVREC_HOME"] = str(home)
+    from ltvrec import warehouse
+    from ltvrec.config import default_warehouse_url
+
+    return warehouse.connect(default_warehouse_url())
+
+
+def load_shop(home: Path, path: str) -> None:
+    """The warehouse source's tables in `home`'s warehouse: the file's events with a load time (now) and no row
+    numbers, and its catalogue, as a team would load them."""
+    import pyarrow as pa
+
+    from ltvrec import sources
+
+    events, items = sources.load("online_retail", path, None)
+    now = pa.scalar(datetime.now(timezone.utc).replace(tzinfo=None), pa.timestamp("us"))
+    loaded_at = pa.repeat(now, events.num_rows)
+    wh = warehouse_of(home)
+    wh.replace_table(TEAM_SCHEMA, "events", events.drop(["source_file", "source_row"]).append_column("loaded_at",
+                                                                                                   loaded_at))
+    wh.replace_table(TEAM_SCHEMA, "items", items.drop(["source_file", "source_row"]))
+
+
+def ltvrec(home: Path, source: list[str], run_date: str, params: dict) -> dict:
+    """One in-process DAG run for `run_date` in LTVREC_HOME `home` (`source`: its source options); its summary and
+    wall seconds."""
     env = {**os.environ, "LTVREC_HOME": str(home)}
     for key in ("AIRFLOW_HOME", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "MLFLOW_TRACKING_URI"):
         env.pop(key, None)
     started = time.time()
-    cmd = [str(Path(sys.executable).parent / "ltvrec"), "run", "--source", "online_retail", "--path", path,
-           "--run-date", run_date, "--conf", json.dumps(params)]
+    cmd = [str(Path(sys.executable).parent / "ltvrec"), "run", *source, "--run-date", run_date,
+           "--conf", json.dumps(params)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"run {run_date} in {home} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
@@ -71,18 +108,17 @@ def week_record(summary: dict, policy: str, first: bool) -> dict:
             "offline_ndcg_10": summary["metrics"]["recommendation"].get("model", {}).get("ndcg_10")}
 
 
-def measure(home: Path, path: str, events_end: date) -> dict[str, dict]:
-    """dbt on the whole file in the policy's warehouse: serving.model_performance of every published date."""
-    os.environ["LTVREC_HOME"] = str(home)
-    from ltvrec import cleaning, sources, warehouse
-    from ltvrec.config import default_warehouse_url
+def measure(home: Path, source: str, path: str, events_end: date) -> dict[str, dict]:
+    """dbt on all the events in the policy's warehouse: serving.model_performance of every published date."""
+    from ltvrec import cleaning, sources, stages
+    from ltvrec.config import RunConfig
 
-    events, items = sources.load("online_retail", path, None)
-    wh = warehouse.connect(default_warehouse_url())
-    wh.replace_table("raw", "events", events)
-    wh.replace_table("raw", "items", items)
+    wh = warehouse_of(home)
+    if source != "warehouse":
+        stages.load_raw(wh, *sources.load("online_retail", path, None))
+    raw = cleaning.raw_vars(RunConfig(source=source, path=path, raw_schema=TEAM_SCHEMA))
     as_of = (events_end - timedelta(days=1)).isoformat()
-    cleaning.dbt_build(wh, cleaning.dbt_vars(as_of, outcome_days=OUTCOME_DAYS), home / "measure" / "target",
+    cleaning.dbt_build(wh, cleaning.dbt_vars(as_of, outcome_days=OUTCOME_DAYS, raw=raw), home / "measure" / "target",
                        home / "measure" / "logs")
     rows = wh.query("select * from serving.model_performance").to_pylist()
     return {str(r["run_date"])[:10]: {k: r[k] for k in REALISED} | {"model_version": r["model_version"]}
@@ -116,24 +152,29 @@ def main() -> None:
     ap.add_argument("--weeks", type=int, default=8)
     ap.add_argument("--policies", nargs="+", default=list(POLICIES), choices=list(POLICIES))
     ap.add_argument("--out", type=Path, help="also write the JSON here")
+    ap.add_argument("--source", default="warehouse", choices=["warehouse", "online_retail"],
+                    help="how the runs read the events: the warehouse source's table, or the file")
     args = ap.parse_args()
     path = str(Path(args.path).resolve())
     events_end = last_event_day(path) + timedelta(days=1)
     last = events_end - timedelta(days=OUTCOME_DAYS)  # the last run date whose outcome window the data covers
     dates = [(last - timedelta(weeks=args.weeks - 1 - k)).isoformat() for k in range(args.weeks)]
-    out = {"dataset": "online_retail_II", "machine_cpus": os.cpu_count(), "run_dates": dates,
+    out = {"dataset": "online_retail_II", "source": args.source, "machine_cpus": os.cpu_count(), "run_dates": dates,
            "outcome_days": OUTCOME_DAYS, "policies": {}}
+    source = source_args(args.source, path)
     with tempfile.TemporaryDirectory(prefix="ltvrec-continual-") as tmp:
         base = Path(tmp) / "first"
-        first = ltvrec(base, path, dates[0], {"training": "scratch"})
+        if args.source == "warehouse":
+            load_shop(base, path)  # copied with the rest of `base` into each policy's home
+        first = ltvrec(base, source, dates[0], {"training": "scratch"})
         for policy in args.policies:
             home = Path(tmp) / policy
             shutil.copytree(base, home)  # MLflow's artifacts stay under `base`: its runs' URIs point there
             weeks = [week_record(first, policy, True)]
             for run_date in dates[1:]:
-                weeks.append(week_record(ltvrec(home, path, run_date, POLICIES[policy]), policy, False))
+                weeks.append(week_record(ltvrec(home, source, run_date, POLICIES[policy]), policy, False))
                 print(json.dumps({policy: weeks[-1]}), file=sys.stderr, flush=True)
-            realised = measure(home, path, events_end)
+            realised = measure(home, args.source, path, events_end)
             for week in weeks:
                 week["realised"] = realised.get(week["run_date"], {})
             out["policies"][policy] = {"weeks": weeks, "summary": summarise(weeks)}

@@ -10,25 +10,31 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from ltvrec.cleaning import deferred_count
+from ltvrec.warehouse import qualified
 
 VOLUME_COLUMNS = ["raw_events", "previous_raw_events", "previous_run", "ratio"]
 
 
-def raw(wh, previous: dict | None, max_volume_ratio: float) -> tuple[dict[str, pd.DataFrame], dict]:
-    """raw.events and raw.items as ingested, and the volume row: this run's raw events against `previous`, the last
-    published run's ops.published_runs row (none before the first publish)."""
-    events = wh.query("select * from raw.events").to_pandas()
+def raw(wh, tables: dict, previous: dict | None, max_volume_ratio: float) -> tuple[dict[str, pd.DataFrame], dict]:
+    """The raw events and items as dbt will read them (`tables`: ltvrec.cleaning.raw_vars, ltvrec's load or the
+    team's tables), and the volume row: this run's raw events against `previous`, the last published run's
+    ops.published_runs row (none before the first publish)."""
+    schema = tables["raw_schema"]
+    events = wh.query(f"select * from {qualified(schema, tables['events_table'])}").to_pandas()
     volume = [] if previous is None else [
         {"raw_events": len(events), "previous_raw_events": previous["raw_events"], "previous_run": previous["run_id"],
          "ratio": len(events) / max(previous["raw_events"], 1)}]
-    frames = {"raw_events": events, "raw_items": wh.query("select * from raw.items").to_pandas(),
+    frames = {"raw_events": events,
+              "raw_items": wh.query(f"select * from {qualified(schema, tables['items_table'])}").to_pandas(),
               "volume": pd.DataFrame(volume, columns=VOLUME_COLUMNS)}
-    return frames, {"max_volume_ratio": max_volume_ratio}
+    # ltvrec's load numbers its rows; a team's table has its load time instead
+    row_ids = ["source_file", "source_row"] if "source_row" in events.columns else [tables["loaded_at_field"]]
+    return frames, {"max_volume_ratio": max_volume_ratio, "row_ids": row_ids}
 
 
 def cleaned(wh, max_quarantine_share: float) -> tuple[dict[str, pd.DataFrame], dict]:
     """The dbt marts, and the share of this run's raw events (those not deferred to a later run) dbt quarantined."""
-    n_raw = wh.query("select count(*) as n from raw.events").to_pylist()[0]["n"] - deferred_count(wh)
+    n_raw = wh.query("select count(*) as n from staging.stg_events").to_pylist()[0]["n"] - deferred_count(wh)
     n_bad = wh.query("select count(*) as n from marts.events_quarantine").to_pylist()[0]["n"]
     frames = {"fct_events": wh.query("select * from marts.fct_events").to_pandas(),
               "dim_items": wh.query("select * from marts.dim_items").to_pandas(),

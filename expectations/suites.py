@@ -12,13 +12,15 @@ from ltvrec.config import EVENT_TYPES, RAW_ONLY_EVENT_TYPES
 
 
 def raw(params: dict) -> dict[str, list]:
-    """Raw tables as ingested: the contract's columns exist, ids mostly present, known event types."""
+    """Raw tables as dbt reads them: the contract's columns exist (and the row ids: ltvrec's load's source_file and
+    source_row, unique, or a team table's load time), ids mostly present, known event types."""
+    unique_rows = [gxe.ExpectColumnValuesToBeUnique(column="source_row")] if "source_row" in params["row_ids"] else []
     return {
         "raw_events": [
             *(gxe.ExpectColumnToExist(column=c) for c in
-              ["user_id", "item_id", "event_type", "event_ts", "quantity", "unit_price", "source_file", "source_row"]),
+              ["user_id", "item_id", "event_type", "event_ts", "quantity", "unit_price", *params["row_ids"]]),
             gxe.ExpectTableRowCountToBeBetween(min_value=1),
-            gxe.ExpectColumnValuesToBeUnique(column="source_row"),
+            *unique_rows,
             gxe.ExpectColumnValuesToNotBeNull(column="item_id", mostly=0.95),
             gxe.ExpectColumnValuesToNotBeNull(column="event_ts", mostly=0.99),
             gxe.ExpectColumnValuesToBeInSet(column="event_type", value_set=[*EVENT_TYPES, *RAW_ONLY_EVENT_TYPES], mostly=0.99),

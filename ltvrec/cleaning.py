@@ -23,12 +23,23 @@ MANIFEST = DBT_PROJECT / "target" / "manifest.json"
 PROFILES = DBT_PROJECT / "profiles.yml"
 
 
-def dbt_vars(as_of: str, defer_from: str = "", outcome_days: int = RunConfig.outcome_days) -> dict:
+def dbt_vars(as_of: str, defer_from: str = "", outcome_days: int = RunConfig.outcome_days,
+             raw: dict | None = None) -> dict:
     """The project's vars: the date events after which are in the future (YYYY-MM-DD), the date from which events
-    belong to later runs (YYYY-MM-DD, or empty: none do), the outcome window of published recommendations and the
-    event vocabulary."""
+    belong to later runs (YYYY-MM-DD, or empty: none do), the outcome window of published recommendations, the event
+    vocabulary and where the raw tables are (`raw_vars`; default: ltvrec's load)."""
     return {"as_of": as_of, "defer_from": defer_from, "outcome_days": outcome_days, "event_types": list(EVENT_TYPES),
-            "raw_only_event_types": list(RAW_ONLY_EVENT_TYPES)}
+            "raw_only_event_types": list(RAW_ONLY_EVENT_TYPES), **(raw or raw_vars(RunConfig()))}
+
+
+def raw_vars(cfg: RunConfig) -> dict:
+    """Where dbt reads a run's raw events and items: the team's tables (warehouse source) or ltvrec's load
+    (raw.events and raw.items, written by the ingest stage); and the events' load-time column and freshness limit."""
+    warehouse = cfg.source == "warehouse"
+    return {"raw_schema": cfg.raw_schema if warehouse else "raw",
+            "events_table": cfg.events_table if warehouse else "events",
+            "items_table": cfg.items_table if warehouse else "items",
+            "loaded_at_field": cfg.loaded_at_field, "freshness_hours": cfg.freshness_hours}
 
 
 def run_vars(cfg) -> dict:
@@ -37,8 +48,8 @@ def run_vars(cfg) -> dict:
     run with an as_of judges it by that day; else by today, not by the latest event."""
     today = datetime.now(timezone.utc).date().isoformat()
     if cfg.run_date:
-        return dbt_vars(today, cfg.run_date, cfg.outcome_days)
-    return dbt_vars(cfg.as_of or today, outcome_days=cfg.outcome_days)
+        return dbt_vars(today, cfg.run_date, cfg.outcome_days, raw_vars(cfg))
+    return dbt_vars(cfg.as_of or today, outcome_days=cfg.outcome_days, raw=raw_vars(cfg))
 
 
 def dbt_build(wh, dbt_vars: dict, target_path: Path, log_path: Path) -> dict:
@@ -52,6 +63,33 @@ def dbt_build(wh, dbt_vars: dict, target_path: Path, log_path: Path) -> dict:
         raise RuntimeError(f"dbt build failed on {wh.kind}: " + "; ".join(failed or [str(result.exception)])
                            + f". Full log: {Path(log_path) / 'dbt.log'}")
     return cleaning_record(wh)
+
+
+class StaleSource(RuntimeError):
+    """The warehouse source's events table was last loaded longer ago than its freshness limit."""
+
+
+def check_freshness(wh, dbt_vars: dict, target_path: Path, log_path: Path) -> dict:
+    """`dbt source freshness` of the raw events table (the warehouse source's: its loaded_at_field against the
+    freshness_hours var). Returns the newest load time, the check's time and the age in hours; raises StaleSource
+    past the limit, RuntimeError when dbt cannot tell."""
+    result = run_dbt(wh, ["source", "freshness", "--select", "source:raw.events"], dbt_vars, target_path, log_path)
+    checked = [r for r in getattr(result.result, "results", None) or [] if getattr(r, "max_loaded_at", None)]
+    table = f"{dbt_vars['raw_schema']}.{dbt_vars['events_table']}"
+    if not checked:
+        raise RuntimeError(f"{table}: dbt source freshness found no load time in column "
+                           f"{dbt_vars['loaded_at_field']!r} ({result.exception or 'is the table empty?'}); full "
+                           f"log: {Path(log_path) / 'dbt.log'}")
+    found = checked[0]
+    record = {"table": table, "max_loaded_at": found.max_loaded_at.isoformat(timespec="seconds"),
+              "checked_at": found.snapshotted_at.isoformat(timespec="seconds"),
+              "age_hours": round(found.age / 3600, 2), "limit_hours": dbt_vars["freshness_hours"]}
+    if str(found.status) != "pass":
+        raise StaleSource(f"{table} is stale: its newest row was loaded at {record['max_loaded_at']}, "
+                          f"{record['age_hours']} h before this check, over freshness_hours "
+                          f"{record['limit_hours']} (column {dbt_vars['loaded_at_field']!r}); nothing was read or "
+                          "published. Load the table, or raise freshness_hours for this run")
+    return record
 
 
 def cleaning_record(wh) -> dict:

@@ -72,7 +72,9 @@ def execute(params: dict, verbose: bool, on_stack: bool = False, backfill: tuple
 
     try:
         cfg = RunConfig.from_dict(params)
-        sources.check_input(cfg.source, cfg.path, cfg.items_path)  # before Airflow's start-up, not after it
+        # before Airflow's start-up, not after it (the warehouse source's tables: the DAG's first task, on the
+        # warehouse the run writes to)
+        sources.check_input(cfg.source, cfg.path, cfg.items_path)
     except ValueError as exc:  # InputError is a ValueError: one plain message naming file, row or column
         fail(str(exc))
     cleaning.build_manifest()  # the DAG's dbt tasks are rendered from it (a no-op while it is current)

@@ -21,7 +21,8 @@ from pathlib import Path
 EVENT_TYPES = ("view", "cart", "purchase", "rating", "return")
 # Accepted by the raw contract, always quarantined by dbt (Online Retail's fees and adjustments).
 RAW_ONLY_EVENT_TYPES = ("non_product",)
-SOURCES = ("synthetic", "events", "online_retail", "movielens")
+SOURCES = ("synthetic", "events", "online_retail", "movielens", "warehouse")
+TABLE_NAME = r"[a-z_][a-z0-9_]*"  # a warehouse schema, table or column name (ltvrec.warehouse.IDENT)
 SYNTHETIC_REGIMES = ("steady", "ageing", "growing", "seasonal")  # ltvrec/synthetic.py
 DAG_ID = "ltvrec_batch"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -56,8 +57,17 @@ class RunConfig:
 
     # data
     source: str = knob("synthetic", "input layout", "data", choices=SOURCES)
-    path: str | None = knob(None, "input file or folder (every source but synthetic)", "data")
+    path: str | None = knob(None, "input file or folder (the events, online_retail and movielens sources)", "data")
     items_path: str | None = knob(None, "item catalogue file (events source)", "data")
+    raw_schema: str = knob("raw", "schema of the tables the team loads (warehouse source)", "data", pattern=TABLE_NAME)
+    events_table: str = knob("events", "the team's events table in raw_schema (warehouse source)", "data",
+                             pattern=TABLE_NAME)
+    items_table: str = knob("items", "the team's item catalogue in raw_schema (warehouse source)", "data",
+                            pattern=TABLE_NAME)
+    loaded_at_field: str = knob("loaded_at", "column of events_table with each row's load time, UTC (warehouse "
+                                "source)", "data", pattern=TABLE_NAME)
+    freshness_hours: int = knob(36, "a warehouse-source run stops when events_table's newest row was loaded longer "
+                                "ago than this (dbt source freshness)", "data", minimum=1)
     as_of: str | None = knob(None, "the last day whose events the run sees, YYYY-MM-DD (its run_date is the day "
                              "after); default: the day of the last event", "data",
                              pattern=r"\d{4}-\d{2}-\d{2}")
@@ -192,7 +202,7 @@ class RunConfig:
             check_value(f, getattr(self, f.name))
         if self.run_date:
             self.as_of = check_run_date(self.run_date, self.as_of)
-        if self.source != "synthetic" and not self.path:
+        if self.source not in ("synthetic", "warehouse") and not self.path:
             raise ValueError(f"source {self.source!r} needs a path (--path)")
         if self.nnodes > 1 and not self.rdzv_endpoint:
             raise ValueError(f"nnodes {self.nnodes} needs rdzv_endpoint (host:port on the first node)")
@@ -222,6 +232,8 @@ class RunConfig:
 
     @property
     def registered_model(self) -> str:
+        if self.source == "warehouse":
+            return self.model_name or f"ltvrec-warehouse-{self.raw_schema}-{self.events_table}".replace("_", "-")
         return self.model_name or default_model_name(self.source, self.path)
 
     @property

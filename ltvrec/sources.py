@@ -51,6 +51,7 @@ RAW_ITEMS_SCHEMA = pa.schema(
     [("item_id", pa.string()), ("title", pa.string()), ("category", pa.string()), ("price", pa.float64()),
      ("in_stock", pa.bool_()), *SOURCE_COLUMNS]
 )
+NUMERIC_TYPES = ("int", "double", "float", "real", "numeric", "decimal")
 TRUE_WORDS, FALSE_WORDS = {"true", "t", "yes", "y", "1"}, {"false", "f", "no", "n", "0"}
 
 
@@ -66,7 +67,7 @@ def check_input(source: str, path: str | None, items_path: str | None) -> None:
     """Refuse, before the DAG starts, input that cannot work: a missing path, a folder without the source's
     files, an unsupported file type, a header without the required columns. Reads headers and Parquet schemas
     only; the ingest stage reads everything and checks every row."""
-    if source == "synthetic" or path is None:  # synthetic reads no input; RunConfig reports a missing path
+    if source in ("synthetic", "warehouse") or path is None:  # no input file (RunConfig reports a missing path)
         return
     path = Path(path)
     if source == "events":
@@ -80,6 +81,31 @@ def check_input(source: str, path: str | None, items_path: str | None) -> None:
         _movielens_files(path)
     else:
         raise ValueError(f"unknown source {source!r}")
+
+
+# The warehouse source's columns that dbt casts, and the types it can cast them from (substrings of
+# information_schema's data_type, DuckDB's and PostgreSQL's); the ids and texts may have any type.
+WAREHOUSE_TYPES = {"event_ts": ("timestamp", "date"), "quantity": NUMERIC_TYPES, "unit_price": NUMERIC_TYPES,
+                   "price": NUMERIC_TYPES, "in_stock": ("boolean",)}
+
+
+def check_tables(wh, schema: str, events_table: str, items_table: str, loaded_at_field: str) -> None:
+    """The warehouse source's tables (in `wh`, a ltvrec.warehouse.Warehouse) exist, with the contract's columns
+    (events: the events file's and `loaded_at_field`; items: item_id) in types dbt can cast: else InputError naming
+    the table and the column."""
+    contracts = {events_table: [*EVENT_COLUMNS, loaded_at_field], items_table: REQUIRED_ITEM_COLUMNS}
+    for table, required in contracts.items():
+        name = f"{schema}.{table}"
+        columns = wh.columns(schema, table)
+        if not columns:
+            raise InputError(f"{name}: no such table in the {wh.kind} warehouse (the warehouse source reads the "
+                             "tables your team loads: knobs raw_schema, events_table, items_table)")
+        _require(list(columns), required, name)
+        typed = {**WAREHOUSE_TYPES, loaded_at_field: ("timestamp", "date")}
+        for column, kinds in typed.items():
+            if column in columns and not any(kind in columns[column] for kind in kinds):
+                raise InputError(f"{name}: column {column!r} is {columns[column]}, expected a {' or '.join(kinds)} "
+                                 "type")
 
 
 def _events_files(path: Path, items_path: Path | None = None) -> tuple[Path, Path | None]:
@@ -153,7 +179,7 @@ def _separator(kind: str) -> str:
     return TEXT_TYPES[kind.removesuffix(".gz")]
 
 
-def _require(columns: list, required: list[str], path: Path) -> None:
+def _require(columns: list, required: list[str], path: Path | str) -> None:
     missing = [c for c in required if c not in columns]
     if missing:
         found = ", ".join(repr(str(c)) for c in columns)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import json
 import logging
 import time
 from contextlib import contextmanager
@@ -83,10 +85,11 @@ def for_data_interval(params: dict, run_type, interval_end) -> dict:
 
 
 def prepare(params: dict, run_id: str, dag_id: str = DAG_ID) -> str:
-    """Validate the params and the input's path, type and header, create the run folder and its MLflow run."""
+    """Validate the params and the input (a file's path, type and header; the warehouse source's tables), create the
+    run folder and its MLflow run."""
     started = time.time()
     cfg = RunConfig.from_dict({k: v for k, v in params.items() if v is not None})
-    sources.check_input(cfg.source, cfg.path, cfg.items_path)
+    check_input(cfg)
     run = RunDir.for_run_id(run_id)
     run.save_config(cfg)
     tracking.start_run(cfg, run, run_id, dag_id)
@@ -95,10 +98,23 @@ def prepare(params: dict, run_id: str, dag_id: str = DAG_ID) -> str:
     return str(run.path)
 
 
+def check_input(cfg: RunConfig) -> None:
+    """Refuse input that cannot work before a run starts: a file source's paths, types and headers; the warehouse
+    source's tables and columns."""
+    if cfg.source == "warehouse":
+        sources.check_tables(warehouse.connect(cfg.resolved_warehouse_url), cfg.raw_schema, cfg.events_table,
+                             cfg.items_table, cfg.loaded_at_field)
+    else:
+        sources.check_input(cfg.source, cfg.path, cfg.items_path)
+
+
 @stage
 def ingest(run: RunDir) -> dict:
-    """Read the source into canonical raw tables and load them into the warehouse's `raw` schema."""
+    """Read a file source into canonical raw tables and load them into the warehouse's `raw` schema; of the warehouse
+    source, check the team's tables and their freshness, copying nothing."""
     cfg = run.config()
+    if cfg.source == "warehouse":
+        return ingest_in_place(run, cfg)
     if cfg.source == "synthetic":
         paths = synthetic.write(run.input, n_users=cfg.synthetic_users, n_items=cfg.synthetic_items,
                                 days=cfg.synthetic_days, seed=cfg.seed, regime=cfg.synthetic_regime)
@@ -107,12 +123,46 @@ def ingest(run: RunDir) -> dict:
         events, items = sources.load(cfg.source, cfg.path, cfg.items_path)
         paths = [p for p in (cfg.path, cfg.items_path) if p]
     wh = warehouse.connect(cfg.resolved_warehouse_url)
-    wh.replace_table("raw", "events", events)
-    wh.replace_table("raw", "items", items)
-    wh.create_schemas(cleaning.model_schemas())  # before dbt's tasks, which may run at the same time
-    wh.create_serving()  # dbt's outcome models read what earlier runs published
+    load_raw(wh, events, items)
+    prepare_warehouse(wh)
     return {"rows": {"raw_events": events.num_rows, "raw_items": items.num_rows},
             "dataset_digest": sources.file_digest(*paths), "warehouse": wh.kind}
+
+
+def load_raw(wh, events, items) -> None:
+    """Replace raw.events and raw.items with a file source's load, unless one of them is not ltvrec's (a table the
+    team loads there, which the warehouse source reads): InputError, and nothing replaced."""
+    for table in ("events", "items"):
+        columns = wh.columns("raw", table)
+        if columns and "source_row" not in columns:
+            raise sources.InputError(f"raw.{table}: exists in the {wh.kind} warehouse and is not ltvrec's load (no "
+                                     "source_row column): a table your team loads? Read it with source=warehouse; a "
+                                     "file source would replace raw.events and raw.items")
+    wh.replace_table("raw", "events", events)
+    wh.replace_table("raw", "items", items)
+
+
+def ingest_in_place(run: RunDir, cfg: RunConfig) -> dict:
+    """The warehouse source: its tables still have the contract's columns and its events were loaded recently
+    enough (dbt source freshness); dbt reads them where they are."""
+    wh = warehouse.connect(cfg.resolved_warehouse_url)
+    sources.check_tables(wh, cfg.raw_schema, cfg.events_table, cfg.items_table, cfg.loaded_at_field)
+    freshness = cleaning.check_freshness(wh, cleaning.run_vars(cfg), run.dbt / "freshness", run.dbt / "logs")
+    log.info("%s: newest row loaded %s h ago (limit %s h)", freshness["table"], freshness["age_hours"],
+             freshness["limit_hours"])
+    rows = {}
+    for name, table in (("raw_events", cfg.events_table), ("raw_items", cfg.items_table)):
+        found = wh.query(f"select count(*) as n from {warehouse.qualified(cfg.raw_schema, table)}")
+        rows[name] = int(found.to_pylist()[0]["n"])
+    prepare_warehouse(wh)
+    digest = hashlib.sha256(json.dumps([freshness["table"], cfg.items_table, rows, freshness["max_loaded_at"]])
+                            .encode()).hexdigest()
+    return {"rows": rows, "freshness": freshness, "dataset_digest": digest, "warehouse": wh.kind}
+
+
+def prepare_warehouse(wh) -> None:
+    wh.create_schemas(cleaning.model_schemas())  # before dbt's tasks, which may run at the same time
+    wh.create_serving()  # dbt's outcome models read what earlier runs published
 
 
 @stage
@@ -123,7 +173,8 @@ def gate_raw(run: RunDir) -> dict:
 
     cfg = run.config()
     wh = warehouse.connect(cfg.resolved_warehouse_url)
-    found, params = frames.raw(wh, wh.last_published(cfg.registered_model), cfg.max_volume_ratio)
+    found, params = frames.raw(wh, cleaning.raw_vars(cfg), wh.last_published(cfg.registered_model),
+                               cfg.max_volume_ratio)
     volume = found["volume"].to_dict("records")
     return {"gate": run_gate("raw", found, params, run.gate("raw")), "volume": volume[0] if volume else None}
 

@@ -22,9 +22,10 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from ltvrec.config import TABLE_NAME
 from ltvrec.serving import SERVING_SCHEMAS
 
-IDENT = re.compile(r"^[a-z_][a-z0-9_]*$")
+IDENT = re.compile(f"^{TABLE_NAME}$")
 
 # One row per successful publish: what the next run's raw-volume gate compares with.
 PUBLISHED_RUNS_DDL = """(
@@ -149,6 +150,14 @@ class Warehouse:
         found = self.query("select count(*) as n from information_schema.tables where table_schema = ? and table_name = ?"
                            .replace("?", self.placeholder), (schema, table))
         return found.to_pylist()[0]["n"] > 0
+
+    def columns(self, schema: str, table: str) -> dict[str, str]:
+        """{column name: its type, lower case} of a table or view, in table order; empty when there is none."""
+        qualified(schema, table)
+        found = self.query("select column_name, data_type from information_schema.columns where table_schema = ? "
+                           "and table_name = ? order by ordinal_position".replace("?", self.placeholder),
+                           (schema, table))
+        return {r["column_name"]: r["data_type"].lower() for r in found.to_pylist()}
 
     def last_published(self, model_name: str) -> dict | None:
         """The latest ops.published_runs row of a registered model, or None before its first publish."""

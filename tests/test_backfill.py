@@ -1,26 +1,41 @@
 """`ltvrec backfill`: one in-process DAG run per date, each seeing only the events before its date and publishing
-its own partition of the serving tables."""
+its own partition of the serving tables. The events are the warehouse source's: tables a team loads into the
+warehouse (synthetic data in `shop.events` and `shop.items`), which every run reads where they are."""
 
 import json
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta, timezone
 
 import duckdb
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from ltvrec import synthetic
 from ltvrec.rundir import RunDir
 from test_e2e import CONF, ltvrec
 
 pytestmark = pytest.mark.slow
 RUN_DATES = ["2026-06-17", "2026-06-24", "2026-07-01"]  # the synthetic history ends on 2026-06-30
+WAREHOUSE = ("--source", "warehouse", "--raw-schema", "shop")
+
+
+def load_shop(home) -> None:
+    """The team's tables: the synthetic shop's events with a load time (an hour ago) and no row numbers, and its
+    catalogue, in schema shop of the warehouse the runs use."""
+    events, items = (pq.read_table(p) for p in synthetic.write(home / "shop", n_users=200, n_items=60, days=365))
+    loaded_at = datetime.now(timezone.utc).replace(tzinfo=None) - timedelta(hours=1)
+    with duckdb.connect(str(home / "warehouse.duckdb")) as con:
+        con.execute("create schema shop")
+        con.execute("create table shop.events as select *, ? as loaded_at from events", [loaded_at])
+        con.execute("create table shop.items as select * from items")
 
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
     home = tmp_path_factory.mktemp("ltvrec_backfill")
-    done = ltvrec(home, "backfill", "--from", RUN_DATES[0], "--to", "2026-07-03", "--every", "7d",
-                  "--synthetic-users", "200", "--epochs", "1", "--top-n", "5", "--no-item-text", "--conf", CONF)
+    load_shop(home)
+    done = ltvrec(home, "backfill", "--from", RUN_DATES[0], "--to", "2026-07-03", "--every", "7d", *WAREHOUSE,
+                  "--epochs", "1", "--top-n", "5", "--no-item-text", "--conf", CONF)
     assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-5000:]
     assert f"backfilled 3 date(s): {', '.join(RUN_DATES)}" in done.stdout
     return home
@@ -89,3 +104,25 @@ def test_the_later_dates_continued_from_the_champion_and_said_why(runs):
         assert checks["events_since"] > 0 and checks["new_item_share"] == 0
         assert checks["feature_psi_beyond_chance"] < 0.25
         assert training["epochs_run"] == 2 and "best_epoch" not in training
+
+
+def test_every_run_read_the_teams_tables_where_they_are(home, runs):
+    for run in runs.values():
+        ingest = run.stage("ingest")
+        assert ingest["freshness"]["table"] == "shop.events" and 0.9 < ingest["freshness"]["age_hours"] < 36
+        assert ingest["rows"]["raw_events"] == published(home, "select count(*) from shop.events")[0][0]
+    assert published(home, "select count(*) from information_schema.tables where table_schema = 'raw'") == [(0,)]
+    assert published(home, "select distinct source_file from staging.stg_events") == [("shop.events",)]
+
+
+def test_a_stale_table_stops_the_run_before_anything_is_read(home):
+    """The team's load stopped two days ago: the run fails at ingest naming the table and its age, and the
+    serving tables keep what the backfill published."""
+    before = published(home, "select run_date, count(*) from serving.recommendations group by 1 order by 1")
+    with duckdb.connect(str(home / "warehouse.duckdb")) as con:
+        con.execute("update shop.events set loaded_at = loaded_at - interval 47 hour")
+    done = ltvrec(home, "run", "--run-date", "2026-07-01", *WAREHOUSE, "--epochs", "1", "--conf", CONF)
+    assert done.returncode != 0
+    output = done.stdout + done.stderr
+    assert "ingest" in output and "shop.events is stale" in output and "freshness_hours 36" in output, output[-3000:]
+    assert published(home, "select run_date, count(*) from serving.recommendations group by 1 order by 1") == before

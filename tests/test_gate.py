@@ -7,7 +7,7 @@ import pytest
 from expectations.frames import scores as scores_frames
 from expectations.gate import GateFailed, run_gate
 
-RAW = {"max_volume_ratio": 10.0}
+RAW = {"max_volume_ratio": 10.0, "row_ids": ["source_file", "source_row"]}  # ltvrec's load
 
 
 def raw_frames(**overrides):
@@ -27,6 +27,18 @@ def test_good_data_passes_and_writes_data_docs(tmp_path):
     assert summary["success"] and summary["datasets"]["raw_events"]["rows"] == 2
     assert (tmp_path / "raw_report.txt").read_text().startswith("gate raw: PASSED")
     assert (tmp_path / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html").exists()
+
+
+def test_a_teams_table_needs_its_load_time_not_row_numbers(tmp_path):
+    """The warehouse source's raw contract (expectations.frames.raw): the load-time column instead of ltvrec's row
+    numbers."""
+    team = {"max_volume_ratio": 10.0, "row_ids": ["loaded_at"]}
+    frames = raw_frames()
+    frames["raw_events"] = frames["raw_events"].drop(columns=["source_file", "source_row"])
+    with pytest.raises(GateFailed, match='expect_column_to_exist .*"column": "loaded_at"'):
+        run_gate("raw", frames, team, tmp_path)
+    frames["raw_events"]["loaded_at"] = pd.Timestamp("2024-01-03")
+    assert run_gate("raw", frames, team, tmp_path)["success"]
 
 
 def test_failure_raises_with_a_readable_report(tmp_path):

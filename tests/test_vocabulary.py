@@ -101,7 +101,7 @@ def value_sets(suite: dict, dataset: str) -> list[list[str]]:
 def test_the_gx_suites_accept_the_config_vocabulary():
     from expectations import suites
 
-    assert value_sets(suites.raw({"max_volume_ratio": 10.0}), "raw_events") == [list(EVENT_TYPES + RAW_ONLY_EVENT_TYPES)]
+    assert value_sets(suites.raw({"max_volume_ratio": 10.0, "row_ids": ["source_row"]}), "raw_events") == [list(EVENT_TYPES + RAW_ONLY_EVENT_TYPES)]
     assert value_sets(suites.cleaned({"max_quarantine_share": 0.5}), "fct_events") == [list(EVENT_TYPES)]
 
 

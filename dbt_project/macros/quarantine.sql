@@ -1,7 +1,8 @@
 {#- The two quarantines (events, catalogue rows) are built and checked the same way. -#}
 
-{% macro ltvrec_quarantined_rows(checked, raw) -%}
-    {#- Every `raw` row that `checked` (one row per source_row) gives a reject_reason, with its raw values as read. -#}
+{% macro ltvrec_quarantined_rows(checked, raw_rows) -%}
+    {#- Every row of the query `raw_rows` (ltvrec_raw_rows) that `checked` (one row per source_row) gives a
+        reject_reason, with its raw values as read. -#}
 with rejected as (
 
     select source_row, reject_reason
@@ -12,7 +13,7 @@ with rejected as (
 
 raw_rows as (
 
-    select * from {{ raw }}
+    {{ raw_rows }}
 
 )
 

@@ -1,7 +1,8 @@
--- Grain: one row per raw.events row. Rename/cast only; no rows are dropped here.
+-- Grain: one row per raw events row (ltvrec's load or the team's table: macros/raw_rows.sql). Rename/cast only;
+-- no rows are dropped here.
 with source as (
 
-    select * from {{ source('raw', 'events') }}
+    {{ ltvrec_raw_rows('events') }}
 
 )
 

@@ -1,7 +1,7 @@
 -- Grain: one row per raw.items row (item_id may repeat; see int_items_checked). Rename/cast only.
 with source as (
 
-    select * from {{ source('raw', 'items') }}
+    {{ ltvrec_raw_rows('items') }}
 
 )
 
