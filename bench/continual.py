@@ -5,11 +5,11 @@
 
 The events reach the runs through the warehouse source (default): the file, as a team would keep it in its warehouse
 (`shop.events` with a load time, `shop.items`), read where it is by every run; `--source online_retail` reads the
-file itself at every run instead. One run per week (run_date: each sees only the events before its date, as a backfill's runs do) over the last
-`--weeks` weeks whose 7-day outcome window the data covers, under each policy:
+file itself at every run instead. One run per week over the last `--weeks` weeks whose 7-day outcome window the
+data covers: the first week one `ltvrec run`, the later ones one `ltvrec backfill --every 7d` per policy (each run
+sees only the events before its date), under each policy:
 
-- frozen: the first week's model scores every week (later challengers are trained but the gate is set to reject
-  them; their training does not count as the policy's cost);
+- frozen: the first week's model scores every week (`training=none`);
 - continue: `training=continue` from the champion each later week;
 - scratch: `training=scratch` every week.
 
@@ -39,8 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 OUTCOME_DAYS = 7
 POLICIES = {
-    "frozen": {"training": "continue", "continue_epochs": 1, "replay_share": 0.0, "ndcg_tolerance": -1.0,
-               "gini_tolerance": -1.0, "decile_mape_tolerance": -1.0},
+    "frozen": {"training": "none"},
     "continue": {"training": "continue"},
     "scratch": {"training": "scratch"},
 }
@@ -80,31 +79,34 @@ def load_shop(home: Path, path: str) -> None:
     wh.replace_table(TEAM_SCHEMA, "items", items.drop(["source_file", "source_row"]))
 
 
-def ltvrec(home: Path, source: list[str], run_date: str, params: dict) -> dict:
-    """One in-process DAG run for `run_date` in LTVREC_HOME `home` (`source`: its source options); its summary and
-    wall seconds."""
+def ltvrec(home: Path, *args: str) -> float:
+    """`ltvrec *args` in LTVREC_HOME `home` (in-process DAG runs); its wall seconds."""
     env = {**os.environ, "LTVREC_HOME": str(home)}
     for key in ("AIRFLOW_HOME", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "MLFLOW_TRACKING_URI"):
         env.pop(key, None)
     started = time.time()
-    cmd = [str(Path(sys.executable).parent / "ltvrec"), "run", *source, "--run-date", run_date,
-           "--conf", json.dumps(params)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    proc = subprocess.run([str(Path(sys.executable).parent / "ltvrec"), *args], env=env, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise SystemExit(f"run {run_date} in {home} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
-    summaries = (home / "runs").glob("*/summary.json")
-    summary = json.loads(max(summaries, key=lambda p: p.stat().st_mtime).read_text())
-    return summary | {"wall_seconds": round(time.time() - started, 1)}
+        raise SystemExit(f"ltvrec {' '.join(args)} in {home} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    return round(time.time() - started, 1)
 
 
-def week_record(summary: dict, policy: str, first: bool) -> dict:
+def summaries(home: Path, dates: list[str]) -> list[dict]:
+    """The summary.json of each date's latest run in `home`, in `dates`' order."""
+    found = {}
+    for path in sorted((home / "runs").glob("*/summary.json"), key=lambda p: p.stat().st_mtime):
+        summary = json.loads(path.read_text())
+        found[summary["run_date"]] = summary
+    return [found[d] for d in dates]
+
+
+def week_record(summary: dict) -> dict:
     training = summary["training"]
-    counted = not (policy == "frozen" and not first)  # frozen's later trainings are thrown away
     return {"run_date": summary["run_date"], "published_version": summary["registry"].get("champion"),
             "registry_decision": summary["registry"].get("decision"), "training_mode": training.get("mode"),
-            "train_seconds": round(training.get("train_seconds", 0.0), 1) if counted else 0.0,
-            "train_stage_seconds": round(summary["timings_s"].get("train", 0.0), 1) if counted else 0.0,
-            "wall_seconds": summary["wall_seconds"],
+            "train_seconds": round(training.get("train_seconds", 0.0), 1),
+            "train_stage_seconds": round(summary["timings_s"].get("train", 0.0), 1),
+            "stage_seconds": round(sum(summary["timings_s"].values()), 1),
             "offline_ndcg_10": summary["metrics"]["recommendation"].get("model", {}).get("ndcg_10")}
 
 
@@ -155,6 +157,8 @@ def main() -> None:
     ap.add_argument("--source", default="warehouse", choices=["warehouse", "online_retail"],
                     help="how the runs read the events: the warehouse source's table, or the file")
     args = ap.parse_args()
+    if args.weeks < 2:
+        ap.error("--weeks must be at least 2: a first week to train, and later ones to compare the policies on")
     path = str(Path(args.path).resolve())
     events_end = last_event_day(path) + timedelta(days=1)
     last = events_end - timedelta(days=OUTCOME_DAYS)  # the last run date whose outcome window the data covers
@@ -166,18 +170,20 @@ def main() -> None:
         base = Path(tmp) / "first"
         if args.source == "warehouse":
             load_shop(base, path)  # copied with the rest of `base` into each policy's home
-        first = ltvrec(base, source, dates[0], {"training": "scratch"})
+        first_wall = ltvrec(base, "run", *source, "--run-date", dates[0], "--conf", json.dumps({"training": "scratch"}))
+        first = week_record(summaries(base, dates[:1])[0])
         for policy in args.policies:
             home = Path(tmp) / policy
             shutil.copytree(base, home)  # MLflow's artifacts stay under `base`: its runs' URIs point there
-            weeks = [week_record(first, policy, True)]
-            for run_date in dates[1:]:
-                weeks.append(week_record(ltvrec(home, source, run_date, POLICIES[policy]), policy, False))
-                print(json.dumps({policy: weeks[-1]}), file=sys.stderr, flush=True)
+            wall = ltvrec(home, "backfill", "--from", dates[1], "--to", dates[-1], "--every", "7d", *source,
+                          "--conf", json.dumps(POLICIES[policy]))
+            weeks = [dict(first)] + [week_record(s) for s in summaries(home, dates[1:])]
+            print(json.dumps({policy: weeks[1:], "backfill_wall_seconds": wall}), file=sys.stderr, flush=True)
             realised = measure(home, args.source, path, events_end)
             for week in weeks:
                 week["realised"] = realised.get(week["run_date"], {})
-            out["policies"][policy] = {"weeks": weeks, "summary": summarise(weeks)}
+            out["policies"][policy] = {"weeks": weeks, "summary": summarise(weeks),
+                                       "first_run_wall_seconds": first_wall, "backfill_wall_seconds": wall}
     out |= verdict(out["policies"])
     text = json.dumps(out, indent=2, default=str)
     if args.out:

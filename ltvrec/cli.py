@@ -68,13 +68,16 @@ def fail(message: str, code: int = 2) -> None:
 def execute(params: dict, verbose: bool, on_stack: bool = False, backfill: tuple[str, str] | None = None) -> None:
     """Check the params and the input, then run the DAG in-process and follow it (ltvrec/console.py), or trigger it
     on the running stack and follow it there (ltvrec/on_stack.py; `backfill`: Airflow's backfill of these dates)."""
-    from ltvrec import cleaning, console, sources
+    from ltvrec import cleaning, console, sources, stages
 
     try:
         cfg = RunConfig.from_dict(params)
-        # before Airflow's start-up, not after it (the warehouse source's tables: the DAG's first task, on the
-        # warehouse the run writes to)
-        sources.check_input(cfg.source, cfg.path, cfg.items_path)
+        # before Airflow's start-up, not after it; on the stack its warehouse and registry are the DAG's first
+        # task's to check
+        if on_stack:
+            sources.check_input(cfg.source, cfg.path, cfg.items_path)
+        else:
+            stages.check_run(cfg)
     except ValueError as exc:  # InputError is a ValueError: one plain message naming file, row or column
         fail(str(exc))
     cleaning.build_manifest()  # the DAG's dbt tasks are rendered from it (a no-op while it is current)

@@ -145,8 +145,9 @@ class RunConfig:
     rdzv_endpoint: str | None = knob(None, "host:port of the c10d rendezvous on node 0 (nnodes > 1)", "training")
     training: str = knob("auto", "scratch: train a new model; continue: the @champion's weights learn from the users "
                          "with events since its data end and a replay sample, for continue_epochs; auto: continue "
-                         "unless a drift check asks for a full retrain (docs/model.md)", "training",
-                         choices=("scratch", "continue", "auto"))
+                         "unless a drift check asks for a full retrain (docs/model.md); none: train nothing, the "
+                         "@champion scores (and is evaluated on) this run's data", "training",
+                         choices=("scratch", "continue", "auto", "none"))
     continue_epochs: int = knob(2, "epochs of a continued run", "training", minimum=1)
     replay_share: float = knob(0.2, "a continued run also learns from this share of the users without events since "
                                "the champion's data end", "training", minimum=0, maximum=1)

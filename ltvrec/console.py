@@ -169,6 +169,8 @@ def print_results(console: Console, run: RunDir, seconds: float) -> None:
     decision = registry.get("decision", "promoted")
     if decision == "promoted":
         verdict = f"v{registry.get('version')} promoted to @champion"
+    elif decision == "kept":
+        verdict = f"no challenger (training=none); scored with {champions_text(registry)}"
     elif decision == "rejected":
         verdict = f"v{registry.get('version')} REJECTED by the model gate; scored with {champions_text(registry)}"
     else:

@@ -89,13 +89,22 @@ def prepare(params: dict, run_id: str, dag_id: str = DAG_ID) -> str:
     run folder and its MLflow run."""
     started = time.time()
     cfg = RunConfig.from_dict({k: v for k, v in params.items() if v is not None})
-    check_input(cfg)
+    check_run(cfg)
     run = RunDir.for_run_id(run_id)
     run.save_config(cfg)
     tracking.start_run(cfg, run, run_id, dag_id)
     run.mark_done("prepare", {"seconds": round(time.time() - started, 3)})
     log.info("run folder %s, MLflow run %s", run.path, run.mlflow_run_id)
     return str(run.path)
+
+
+def check_run(cfg: RunConfig) -> None:
+    """What must hold before a run starts (`ltvrec run` checks it before Airflow starts, the prepare task again): its
+    input, and with training=none a @champion to score with."""
+    check_input(cfg)
+    if cfg.training == "none" and not tracking.champion_version(cfg):
+        raise ValueError(f"training=none scores with the @champion of {cfg.registered_model}, and it has none yet: "
+                         "run once with training=auto (or scratch) first")
 
 
 def check_input(cfg: RunConfig) -> None:
@@ -268,6 +277,8 @@ def ltv_backtest(run: RunDir) -> dict:
     from models.ltv_backtest import decide
 
     cfg = run.config()
+    if cfg.training == "none":
+        return {"skipped": "training=none: nothing to train"}
     ltv = load_ltv(run.features)
     if ltv.empty:
         return {"skipped": "no customers: nothing to backtest"}
@@ -317,6 +328,12 @@ def train(run: RunDir) -> dict:
     """torchrun the trainer (models/train.py; DDP over `nproc` processes: gloo on CPU, NCCL on GPUs): from scratch,
     or continued from the @champion, as `training` and the drift checks decide (models/continual.py)."""
     cfg = run.config()
+    if cfg.training == "none":
+        version = tracking.champion_version(cfg)
+        tracking.log_metrics_tags(cfg, run.mlflow_run_id, {}, {"training_mode": "none",
+                                                               "training_reasons": "training=none"})
+        return {"skipped": f"training=none: @champion v{version} scores this run", "mode": "none",
+                "decision": {"mode": "none", "reasons": ["training=none"], "checks": {"champion_version": version}}}
     decision, continued = training_plan(cfg, run)
     for reason in decision.reasons:
         log.info("training: %s (%s)", decision.mode, reason)
@@ -407,7 +424,8 @@ def als_baseline(run: RunDir) -> dict:
 
 @stage
 def evaluate(run: RunDir) -> dict:
-    """The challenger, the baselines and the current @champion on this run's holdout, by the same code."""
+    """The challenger, the baselines and the current @champion on this run's holdout, by the same code; with
+    training=none, the champions (as "model", their versions in model_versions) and the baselines."""
     from models.checkpoint import LoadedModel
     from models.data import FeatureSet, Protocol
     from models.report import evaluate_run, write_report
@@ -417,26 +435,37 @@ def evaluate(run: RunDir) -> dict:
     fs = FeatureSet.load(run.features)
     protocol = Protocol.build(fs, cfg.eval_protocol)
     factors = load_factors(run.als, len(fs.users), fs.n_items) if (run.als / "item_factors").exists() else None
-    report = evaluate_run(fs, LoadedModel.from_file(run.final_checkpoint), protocol, factors)
-    champions = promotion.evaluate_champions(cfg, fs, protocol, report)
-    comparisons = promotion.compare(cfg, report, champions)
+    if cfg.training == "none":  # no challenger: the champions are "model", the gate has nothing to decide
+        versions = tracking.champion_versions(cfg)
+        checkpoint, _ = champion_model(cfg, versions, run.evaluation, fs.split["horizon_days"])
+        report, gate = evaluate_run(fs, LoadedModel.from_file(checkpoint), protocol, factors), {}
+        evaluated = {"model_versions": versions}
+    else:
+        report = evaluate_run(fs, LoadedModel.from_file(run.final_checkpoint), protocol, factors)
+        champions = promotion.evaluate_champions(cfg, fs, protocol, report)
+        comparisons = promotion.compare(cfg, report, champions)
+        gate = {"champions": champions, "coupled": promotion.coupling(cfg, champions),
+                "comparisons": {h: [c.to_dict() for c in found] for h, found in comparisons.items()}}
+        versions, evaluated = {head: found["version"] for head, found in champions.items()}, {}
     write_report(report, run.evaluation)
     tracking.log_evaluation(cfg, run.mlflow_run_id, report.flat_metrics(), run.evaluation)
     realised = serving.realised_performance(warehouse.connect(cfg.resolved_warehouse_url), cfg.registered_model,
-                                            {head: found["version"] for head, found in champions.items()})
+                                            versions)
     tracking.log_metrics_tags(cfg, run.mlflow_run_id, {
         f"realised_champion_{key}": float(figures[key]) for head, figures in realised.items()
         for key in serving.REALISED[head] if figures[key] is not None}, {})
-    gate = {"champions": champions, "coupled": promotion.coupling(cfg, champions),
-            "comparisons": {h: [c.to_dict() for c in found] for h, found in comparisons.items()}}
-    return {"metrics": report.metrics, "gate": gate, "realised": realised}
+    return {"metrics": report.metrics, "gate": gate, "realised": realised, **evaluated}
 
 
 @stage
 def register(run: RunDir) -> dict:
     """Register the challenger; the model gate (ltvrec/promotion.py) decides whether it becomes `@champion`."""
-    evaluated = run.stage("evaluate")
-    return promotion.register(run.config(), run.train_result()["model_uri"], evaluated["metrics"], evaluated["gate"],
+    cfg, evaluated = run.config(), run.stage("evaluate")
+    if cfg.training == "none":
+        versions = tracking.champion_versions(cfg)
+        return {"skipped": "training=none: no challenger", "decision": "kept", "model_name": cfg.registered_model,
+                "champion": versions["recommendation"], "ltv_champion": versions["ltv"]}
+    return promotion.register(cfg, run.train_result()["model_uri"], evaluated["metrics"], evaluated["gate"],
                               run.name, run.mlflow_run_id)
 
 

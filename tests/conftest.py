@@ -42,11 +42,15 @@ def pg_database(pg_dsn):
         admin.execute(f'drop database if exists "{name}" with (force)')
 
 
+AIRFLOW_TMP = pytest.StashKey[str]()
+
+
 def pytest_configure(config):
     """Airflow reads its config on import: keep it inside a throw-away home, without examples."""
     import tempfile
 
     home = tempfile.mkdtemp(prefix="ltvrec-airflow-")
+    config.stash[AIRFLOW_TMP] = home
     os.environ.setdefault("AIRFLOW_HOME", home)
     os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
     os.environ.setdefault("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{home}/airflow.db")
@@ -56,6 +60,13 @@ def pytest_configure(config):
     for key, value in AIRFLOW_SETTINGS.items():
         os.environ.setdefault(key, value)
     cleaning.build_manifest()  # the DAG renders its dbt tasks from it, as after `make`
+
+
+def pytest_unconfigure(config):
+    import shutil
+
+    if AIRFLOW_TMP in config.stash:
+        shutil.rmtree(config.stash[AIRFLOW_TMP], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

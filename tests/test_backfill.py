@@ -115,13 +115,40 @@ def test_every_run_read_the_teams_tables_where_they_are(home, runs):
     assert published(home, "select distinct source_file from staging.stg_events") == [("shop.events",)]
 
 
+def test_training_none_scores_with_the_champion_and_registers_nothing(home, runs):
+    from mlflow import MlflowClient
+
+    registry = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    model = json.loads(runs[RUN_DATES[-1]].summary_file.read_text())["registry"]["model_name"]
+    versions = len(registry.search_model_versions(f"name = '{model}'"))
+    champion = registry.get_model_version_by_alias(model, "champion").version
+    done = ltvrec(home, "run", "--run-date", RUN_DATES[-1], *WAREHOUSE, "--training", "none", "--top-n", "5",
+                  "--conf", CONF)
+    assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-5000:]
+    assert f"no challenger (training=none); scored with @champion v{champion}" in done.stdout
+    summary = json.loads(max((home / "runs").glob("*/summary.json"), key=lambda p: p.stat().st_mtime).read_text())
+    assert summary["training"]["mode"] == "none" and summary["registry"]["decision"] == "kept"
+    assert summary["metrics"]["recommendation"]["model"]["ndcg_10"] >= 0  # the champion, on this run's holdout
+    assert len(registry.search_model_versions(f"name = '{model}'")) == versions
+    assert published(home, "select distinct model_version from serving.recommendations "
+                           f"where run_date = date '{RUN_DATES[-1]}'") == [(str(champion),)]
+    refused = ltvrec(home, "run", *WAREHOUSE, "--training", "none", "--model-name", "ltvrec-nobody", "--conf", CONF)
+    assert refused.returncode != 0
+    assert "training=none scores with the @champion of ltvrec-nobody, and it has none yet" in refused.stdout + \
+        refused.stderr
+
+
 def test_a_stale_table_stops_the_run_before_anything_is_read(home):
     """The team's load stopped two days ago: the run fails at ingest naming the table and its age, and the
     serving tables keep what the backfill published."""
     before = published(home, "select run_date, count(*) from serving.recommendations group by 1 order by 1")
     with duckdb.connect(str(home / "warehouse.duckdb")) as con:
         con.execute("update shop.events set loaded_at = loaded_at - interval 47 hour")
-    done = ltvrec(home, "run", "--run-date", "2026-07-01", *WAREHOUSE, "--epochs", "1", "--conf", CONF)
+    try:
+        done = ltvrec(home, "run", "--run-date", "2026-07-01", *WAREHOUSE, "--epochs", "1", "--conf", CONF)
+    finally:
+        with duckdb.connect(str(home / "warehouse.duckdb")) as con:
+            con.execute("update shop.events set loaded_at = loaded_at + interval 47 hour")
     assert done.returncode != 0
     output = done.stdout + done.stderr
     assert "ingest" in output and "shop.events is stale" in output and "freshness_hours 36" in output, output[-3000:]
