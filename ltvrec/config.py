@@ -95,6 +95,8 @@ class RunConfig:
     outcome_days: int = knob(7, "days after a run date in which what a user did with a published recommendation "
                              "counts (marts.recommendation_outcomes, serving.model_performance)", "evaluation",
                              minimum=1)
+    als_tuning: bool = knob(True, "tune the ALS baseline's rank, reg and alpha on the validation window (nine more "
+                            "Spark fits), else fit jobs/als_baseline.py's defaults", "evaluation")
     # gates
     max_quarantine_share: float = knob(0.5, "cleaned gate: share of raw events dbt may quarantine", "gates",
                                        minimum=0, maximum=1)

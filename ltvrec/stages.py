@@ -401,25 +401,34 @@ def drift_checks(cfg: RunConfig, run: RunDir, champion: dict, version: str) -> d
 
 @stage
 def als_baseline(run: RunDir) -> dict:
-    """Spark MLlib ALS (jobs/als_baseline.py) on every user's history before the test window."""
-    import pyarrow as pa
+    """Spark MLlib ALS (jobs/als_baseline.py) on every user's history before the test window, its rank, reg and
+    alpha tuned first on the validation window (fitted on the histories before it), as the recommender is."""
     import pyarrow.parquet as pq
 
     from models.data import FeatureSet, Protocol
-    from models.ranking import interaction_counts
+    from models.ranking import als_inputs
 
     cfg = run.config()
     fs = FeatureSet.load(run.features)
     if fs.n_items - 1 < 2:
         log.info("ALS baseline skipped: %d item(s) in the catalogue, nothing to rank", fs.n_items - 1)
         return {"skipped": f"{fs.n_items - 1} item(s) in the catalogue"}
-    pairs = interaction_counts(fs, Protocol.build(fs, cfg.eval_protocol).valid_end)
-    run.als.mkdir(exist_ok=True)
-    pq.write_table(pa.Table.from_pandas(pairs, preserve_index=False), run.als / "interactions.parquet")
-    args = ["--interactions", str(run.als / "interactions.parquet"), "--out", str(run.als), "--rank", "64",
-            "--reg", "0.05", "--alpha", "20", "--iters", "10", "--seed", str(cfg.seed)]
-    launch.spark_submit("als_baseline.py", args, cfg.resolved_spark_master, run.log_file("als_baseline"))
-    return {"rows": {"als_interactions": len(pairs)}}
+    args = als_inputs(fs, Protocol.build(fs, cfg.eval_protocol), run.als, tune=cfg.als_tuning)
+    launch.spark_submit("als_baseline.py", args + ["--seed", str(cfg.seed)], cfg.resolved_spark_master,
+                        run.log_file("als_baseline"))
+    rows = {"als_interactions": pq.read_metadata(run.als / "interactions.parquet").num_rows}
+    if "--tune-interactions" not in args:
+        why = "no validation targets to tune on" if cfg.als_tuning else "als_tuning is off"
+        log.info("ALS baseline: %s; jobs/als_baseline.py's default parameters", why)
+        return {"rows": rows, "tuning": f"skipped: {why}"}
+    tuning = json.loads((run.als / "tuning.json").read_text())
+    best = max(trial["valid_ndcg_10"] for trial in tuning["trials"])
+    log.info("ALS baseline: tuned on the validation window: %s (NDCG@10 %.4f, %d trials)", tuning["chosen"], best,
+             len(tuning["trials"]))
+    tracking.log_metrics_tags(cfg, run.mlflow_run_id, {"als_valid_ndcg_10": best},
+                              {f"als_{name}": str(value) for name, value in tuning["chosen"].items()})
+    return {"rows": rows,
+            "tuning": {"chosen": tuning["chosen"], "valid_ndcg_10": best, "trials": len(tuning["trials"])}}
 
 
 @stage
@@ -563,6 +572,7 @@ def summarize(run_dir: str) -> dict:
         "metrics": records.get("evaluate", {}).get("metrics", {}),
         "realised": records.get("evaluate", {}).get("realised", {}),
         "ltv_backtest": {k: v for k, v in records.get("ltv_backtest", {}).items() if k not in ("seconds", "state")},
+        "als_tuning": records.get("als_baseline", {}).get("tuning"),
         "training": {k: v for k, v in records.get("train", {}).items() if k != "seconds"},
         "registry": records.get("register", {}),
         "timings_s": {name: rec["seconds"] for name, rec in records.items()},

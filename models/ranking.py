@@ -122,6 +122,32 @@ def interaction_counts(fs, ends: np.ndarray):
     return pairs.value_counts().rename("weight").reset_index().astype({"weight": np.float32})
 
 
+def als_inputs(fs, protocol, folder, tune: bool = True) -> list[str]:
+    """Write the ALS job's (jobs/als_baseline.py) inputs into `folder`; its arguments for them: every user's
+    history before the test window and, with `tune` and where the validation window has targets, the histories
+    before it and its new items per user (the job then tunes on them)."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def write(name: str, frame: pd.DataFrame) -> str:
+        frame.to_parquet(folder / name, index=False)
+        return str(folder / name)
+
+    args = ["--interactions", write("interactions.parquet", interaction_counts(fs, protocol.valid_end)),
+            "--n-items", str(fs.n_items), "--out", str(folder)]
+    users, targets = fs.holdout(protocol.train_end, protocol.valid_end)
+    if tune and len(users):
+        valid = pd.DataFrame({"user_pos": np.repeat(users, [len(t) for t in targets]).astype(np.int32),
+                              "item_idx": np.concatenate([sorted(t) for t in targets]).astype(np.int32)})
+        args += ["--tune-interactions", write("tune_interactions.parquet", interaction_counts(fs, protocol.train_end)),
+                 "--valid-targets", write("valid_targets.parquet", valid)]
+    return args
+
+
 def load_factors(als_dir, n_users: int, n_items: int) -> tuple[np.ndarray, np.ndarray]:
     """The ALS job's (user vectors by user position, item vectors by item index with row 0 = padding); zeros where
     the job has no vector (a user or item without interactions)."""
@@ -130,9 +156,14 @@ def load_factors(als_dir, n_users: int, n_items: int) -> tuple[np.ndarray, np.nd
     import pyarrow.parquet as pq
 
     def load(name: str, n: int) -> np.ndarray:
-        frame = pq.ParquetDataset(Path(als_dir) / name).read().to_pandas()
-        out = np.zeros((n, len(frame["features"].iloc[0])), dtype=np.float32)
-        out[frame["id"].to_numpy()] = np.stack(frame["features"].to_numpy())
-        return out
+        return dense_factors(pq.ParquetDataset(Path(als_dir) / name).read().to_pandas(), n)
 
     return load("user_factors", n_users), load("item_factors", n_items)
+
+
+def dense_factors(frame, rows: int) -> np.ndarray:
+    """ALS factors as Spark writes them (a frame of id, features) as a (rows, rank) array; zeros where an id has no
+    vector."""
+    out = np.zeros((rows, len(frame["features"].iloc[0])), dtype=np.float32)
+    out[frame["id"].to_numpy()] = np.stack(frame["features"].to_numpy())
+    return out

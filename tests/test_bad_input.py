@@ -482,7 +482,7 @@ def test_a_single_user_still_publishes(tmp_path):
                   + "".join(f"i{k},Item {k},cat{k % 3},{5 + k}\n" for k in range(30)))
     home = tmp_path / "home"
     result = ltvrec(home, "run", "--source", "events", "--path", str(events), "--items-path", str(items), "--epochs", "2",
-                    "--conf", json.dumps({"horizon_days": 60, "item_text": False}))
+                    "--conf", json.dumps({"horizon_days": 60, "item_text": False, "als_tuning": False}))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     with duckdb.connect(str(home / "warehouse.duckdb")) as con:
         recs = con.sql("select user_id, count(*), count(distinct item_id) from serving.recommendations group by 1").fetchall()

@@ -12,7 +12,8 @@ import pytest
 
 pytestmark = pytest.mark.slow
 LTVREC = str(Path(sys.executable).parent / "ltvrec")
-CONF = json.dumps({"synthetic_items": 60, "holdout_days": 21, "horizon_days": 60})
+# ALS is tuned (nine more Spark fits) in the module's first run only: als_tuning's test is there
+CONF = json.dumps({"synthetic_items": 60, "holdout_days": 21, "horizon_days": 60, "als_tuning": False})
 
 
 def ltvrec(home: Path, *args: str) -> subprocess.CompletedProcess:
@@ -25,7 +26,8 @@ def ltvrec(home: Path, *args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
     home = tmp_path_factory.mktemp("ltvrec_home")
-    first = ltvrec(home, "run", "--synthetic-users", "250", "--epochs", "2", "--top-n", "5", "--conf", CONF)
+    first = ltvrec(home, "run", "--synthetic-users", "250", "--epochs", "2", "--top-n", "5", "--conf",
+                   json.dumps(json.loads(CONF) | {"als_tuning": True}))
     assert first.returncode == 0, first.stdout[-5000:] + first.stderr[-5000:]
     assert "select r.user_id" in first.stdout  # prints a query an analyst can paste
     return home
@@ -68,6 +70,8 @@ def test_registry_has_a_champion_and_summary_is_complete(home):
         assert summary["timings_s"][stage] > 0
     assert summary["rows"]["publish"]["recommendations"] > 0
     assert {"model", "popularity", "als"} <= set(summary["metrics"]["recommendation"])
+    als = summary["als_tuning"]  # tuned on the validation window: one coordinate pass of nine fits
+    assert als["trials"] == 9 and set(als["chosen"]) == {"alpha", "reg", "rank"} and 0 <= als["valid_ndcg_10"] <= 1
     assert "ndcg_10" in summary["metrics"]["recommendation"]["model"]
     assert summary["dataset_digest"] and summary["quarantine"]  # the generator's dirt was quarantined
 
@@ -170,7 +174,7 @@ def test_a_one_item_catalogue_still_publishes_ltv(tmp_path):
     events.write_text("\n".join(lines) + "\n")
     home = tmp_path / "home"
     result = ltvrec(home, "run", "--source", "events", "--path", str(events), "--epochs", "2",
-                    "--conf", json.dumps({"horizon_days": 60, "item_text": False}))
+                    "--conf", json.dumps({"horizon_days": 60, "item_text": False, "als_tuning": False}))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     log = result.stdout + result.stderr
     assert "the recommender part is skipped" in log and "only LTV estimates are published" in log
@@ -239,6 +243,6 @@ def test_ratings_without_purchases_publish_recommendations(tmp_path):
     ratings = write_ml1m_shaped(tmp_path / "ml", n_users=120, n_items=150)
     home = tmp_path / "home"
     result = ltvrec(home, "run", "--source", "movielens", "--path", str(ratings), "--epochs", "2",
-                    "--conf", json.dumps({"item_text": False, "max_seq_len": 50}))
+                    "--conf", json.dumps({"item_text": False, "max_seq_len": 50, "als_tuning": False}))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert query(home, "select count(distinct user_id) from serving.recommendations") == [(120,)]

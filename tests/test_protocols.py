@@ -58,3 +58,17 @@ def test_seen_items_are_never_targets():
 def test_unknown_protocol():
     with pytest.raises(ValueError, match="unknown evaluation protocol"):
         Protocol.build(feature_set(), "random")
+
+
+def test_the_als_baseline_tunes_before_the_validation_window_and_fits_before_the_test_window(tmp_path):
+    from models.ranking import als_inputs
+
+    fs = feature_set()
+    args = als_inputs(fs, Protocol.build(fs, "temporal"), tmp_path)
+    read = lambda flag: pd.read_parquet(args[args.index(flag) + 1]).sort_values(["user_pos", "item_idx"])
+    assert read("--tune-interactions").values.tolist() == [[0, 1, 1], [0, 2, 1], [1, 2, 1]]  # days 0, 10; 1
+    assert read("--valid-targets").values.tolist() == [[0, 3]]  # a's day 18
+    assert read("--interactions").values.tolist() == [[0, 1, 1], [0, 2, 1], [0, 3, 1], [1, 2, 1]]  # not day 22, 25
+    assert args[args.index("--n-items") + 1] == "6"
+    untuned = als_inputs(fs, Protocol.build(fs, "temporal"), tmp_path / "untuned", tune=False)
+    assert "--tune-interactions" not in untuned and "--valid-targets" not in untuned

@@ -22,7 +22,7 @@ from ltvrec.stack import Stack, http_json
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 LTVREC = str(Path(sys.executable).parent / "ltvrec")
 RUN = ["run", "--on-stack", "--synthetic-users", "200", "--epochs", "1", "--top-n", "5", "--nproc", "1",
-       "--no-item-text", "--conf", json.dumps({"synthetic_items": 60, "holdout_days": 21,
+       "--no-item-text", "--no-als-tuning", "--conf", json.dumps({"synthetic_items": 60, "holdout_days": 21,
                                                                    "horizon_days": 60})]
 
 

@@ -13,7 +13,7 @@ from test_stack import ltvrec, running_stack, serving_rows
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 PARAMS = {"synthetic_users": 200, "synthetic_items": 60, "holdout_days": 21, "horizon_days": 60, "epochs": 1,
-          "top_n": 5, "nproc": 1, "item_text": False}
+          "top_n": 5, "nproc": 1, "item_text": False, "als_tuning": False}
 BACKFILL = ["2026-06-29", "2026-06-30"]  # the synthetic history ends on 2026-06-30
 
 
