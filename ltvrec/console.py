@@ -151,6 +151,10 @@ def headline(name: str, rec: dict) -> str:
         applied = "applied" if decided.get("ltv_level", 1.0) != 1.0 else "not applied"
         return (f"{len(rec.get('origins', []))} origin(s): correction weight "
                 f"{decided.get('ltv_correction_weight', 0):g}, level {found:.3f} ({applied}), best {rec.get('best_family')}")
+    if name == "als_baseline" and isinstance(rec.get("tuning"), dict):
+        tuning = rec["tuning"]
+        chosen = ", ".join(f"{key} {value:g}" for key, value in tuning["chosen"].items())
+        return f"tuned: {chosen} (validation NDCG@10 {tuning['valid_ndcg_10']:.4f}, {tuning['trials']} trials)"
     if name == "evaluate":
         model = rec.get("metrics", {}).get("recommendation", {}).get("model", {})
         return f"NDCG@10 {model['ndcg_10']:.4f}" if "ndcg_10" in model else ""

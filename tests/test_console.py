@@ -23,6 +23,14 @@ def test_a_finished_stage_shows_its_seconds_and_counts(tmp_path):
     assert "✓ ingest" in line and "6.0s" in line and "raw_events 22,345" in line and "raw_items 300" in line
 
 
+def test_the_als_baseline_shows_what_its_tuning_chose(tmp_path):
+    run = RunDir(tmp_path)
+    tuning = {"chosen": {"alpha": 1.0, "reg": 0.01, "rank": 64}, "valid_ndcg_10": 0.069271, "trials": 9}
+    run.mark_done("als_baseline", {"seconds": 700.0, "rows": {"als_interactions": 411064}, "tuning": tuning})
+    line = text_of(console.stage_line(run, "als_baseline", run.stage("als_baseline")))
+    assert "tuned: alpha 1, reg 0.01, rank 64 (validation NDCG@10 0.0693, 9 trials)" in line
+
+
 def test_notes_are_shown_under_their_stage(tmp_path):
     run = RunDir(tmp_path)
     run.mark_done("score", {"seconds": 1.0, "rows": {"recommendations": 0}, "notes": ["only LTV estimates are published"]})
