@@ -7,7 +7,8 @@ Takes RUN_FOLDER/train/config.json (the trainer config the run's train stage wro
 logged to MLflow) and prints one JSON object: the knobs changed, wall seconds, the trainer's result (epochs, best
 epoch, best validation NDCG@10, notes), each epoch's printed line, and test NDCG/HR@10 of best.pt (before the refit)
 and final.pt (after it), as bench/train_speed.py measures them. Decide by the validation figures; the test
-figures are for information.
+figures are for information. Where the data has customers, `ltv_best` and `ltv_final` are the LTV head's figures
+at the evaluation cut-off (D - H): normalized Gini, Spearman, decile MAPE and predicted / actual total.
 """
 
 from __future__ import annotations
@@ -63,7 +64,23 @@ def main() -> None:
         "epochs": [line for line in proc.stdout.splitlines() if re.match(r"(refit )?epoch \d+/", line)],
         "test_best": test_metrics(features, out / "best.pt", config["eval_protocol"])["model"],
         "test_final": test_metrics(features, out / "final.pt", config["eval_protocol"])["model"],
+        "ltv_best": ltv_head_figures(features, out / "best.pt"),
+        "ltv_final": ltv_head_figures(features, out / "final.pt"),
     }, indent=2))
+
+
+def ltv_head_figures(features: Path, checkpoint: Path) -> dict:
+    """The LTV head's figures at the evaluation cut-off, as the evaluate stage computes them ({} without customers)."""
+    from models.checkpoint import LoadedModel
+    from models.data import FeatureSet
+    from models.evaluate import predict_ltv
+    from models.ltv_backtest import ltv_figures
+
+    frame, _, expected = predict_ltv(FeatureSet.load(features), LoadedModel.from_file(checkpoint), "eval")
+    if frame.empty:
+        return {}
+    found = ltv_figures(frame["label_value"].to_numpy(dtype=float), expected)
+    return {k: round(found[k], 4) for k in ("gini", "spearman", "decile_mape", "total_ratio")}
 
 
 if __name__ == "__main__":

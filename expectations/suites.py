@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import great_expectations.expectations as gxe
 
-from ltvrec.config import EVENT_TYPES, RAW_ONLY_EVENT_TYPES
+from ltvrec.config import EVENT_TYPES, LTV_MODELS, RAW_ONLY_EVENT_TYPES
 
 
 def raw(params: dict) -> dict[str, list]:
@@ -129,6 +129,7 @@ def scores(params: dict) -> dict[str, list]:
             gxe.ExpectColumnValuesToBeBetween(column="p_active", min_value=0, max_value=1),
             gxe.ExpectColumnValuesToBeBetween(column="expected_value", min_value=0),
             gxe.ExpectColumnValuesToBeInSet(column="expected_value_is_finite", value_set=[True]),
+            gxe.ExpectColumnValuesToBeInSet(column="ltv_model", value_set=[m for m in LTV_MODELS if m != "auto"]),
         ],
     }
 

@@ -23,6 +23,8 @@ EVENT_TYPES = ("view", "cart", "purchase", "rating", "return")
 RAW_ONLY_EVENT_TYPES = ("non_product",)
 SOURCES = ("synthetic", "events", "online_retail", "movielens", "warehouse")
 TABLE_NAME = r"[a-z_][a-z0-9_]*"  # a warehouse schema, table or column name (ltvrec.warehouse.IDENT)
+# "auto" and the LTV families the run fits and can publish (models/ltv_backtest.py)
+LTV_MODELS = ("auto", "ziln", "gbdt", "bgnbd_gamma_gamma", "seasonal_bgnbd_prior", "naive_past_spend")
 SYNTHETIC_REGIMES = ("steady", "ageing", "growing", "seasonal")  # ltvrec/synthetic.py
 DAG_ID = "ltvrec_batch"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -174,6 +176,8 @@ class RunConfig:
                                      "ltv", minimum=0)
     ltv_calibration: str = knob("none", "rescale the ZILN estimates by the level the LTV backtest found such a head "
                                 "off by H days later (level), or not", "ltv", choices=("none", "level"))
+    ltv_model: str = knob("auto", "LTV family whose estimates are published; auto: the LTV backtest's pick (ZILN "
+                          "unless another beat its Gini there with no worse decile MAPE)", "ltv", choices=LTV_MODELS)
     # scoring
     score_engine: str = knob("local", "where scoring runs: this machine, or the Spark cluster", "scoring",
                              choices=("local", "spark"))

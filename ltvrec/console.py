@@ -150,7 +150,8 @@ def headline(name: str, rec: dict) -> str:
         decided, found = rec.get("decisions", {}), rec.get("levels", {}).get(rec.get("ziln"), 1.0)
         applied = "applied" if decided.get("ltv_level", 1.0) != 1.0 else "not applied"
         return (f"{len(rec.get('origins', []))} origin(s): correction weight "
-                f"{decided.get('ltv_correction_weight', 0):g}, level {found:.3f} ({applied}), best {rec.get('best_family')}")
+                f"{decided.get('ltv_correction_weight', 0):g}, level {found:.3f} ({applied}), best "
+                f"{rec.get('best_family')}, publishes {rec.get('ltv_model', 'ziln')}")
     if name == "als_baseline" and isinstance(rec.get("tuning"), dict):
         tuning = rec["tuning"]
         chosen = ", ".join(f"{key} {value:g}" for key, value in tuning["chosen"].items())
@@ -189,9 +190,11 @@ def print_results(console: Console, run: RunDir, seconds: float) -> None:
     for name, m in s["metrics"].get("recommendation", {}).items():
         if not name.startswith("_"):
             lines.append(f"  {name:<22} HR@10={m.get('hr_10', 0):.4f}  NDCG@10={m.get('ndcg_10', 0):.4f}")
+    published = s.get("ltv_backtest", {}).get("ltv_model", "ziln")
     for name, m in s["metrics"].get("ltv", {}).items():
         total = m.get("total_predicted", 0) / m["total_actual"] if m.get("total_actual") else float("nan")
-        lines.append(f"  LTV {name:<20} normalized Gini={m.get('gini', 0):.3f}  Spearman={m.get('spearman', 0):.3f}  "
+        label = f"{name} (published)" if name == published else name
+        lines.append(f"  LTV {label:<20} normalized Gini={m.get('gini', 0):.3f}  Spearman={m.get('spearman', 0):.3f}  "
                      f"decile MAPE={m.get('decile_mape') or float('nan'):.3f}  predicted/actual total={total:.2f}")
     lines += [f"  LTV backtest: {reason}" for reason in s.get("ltv_backtest", {}).get("reasons", [])]
     lines += realised_lines(s.get("realised", {}))

@@ -26,8 +26,10 @@ SERVING_SCHEMAS = {
     "ltv_estimates": pa.schema([
         ("run_date", pa.date32()), ("user_id", pa.string()), ("horizon_days", pa.int32()),
         ("p_active", pa.float64()), ("expected_value", pa.float64()), ("model_version", pa.string()),
-        ("mlflow_run_id", pa.string()), ("generated_at", pa.timestamp("us"))]),
+        ("mlflow_run_id", pa.string()), ("generated_at", pa.timestamp("us")), ("ltv_model", pa.string())]),
 }
+# what a serving table made by an older ltvrec lacks, with the value its existing rows get (ltvrec/warehouse.py)
+ADDED_COLUMNS = {("ltv_estimates", "ltv_model"): "ziln"}
 BATCH_ROWS = 100_000
 # serving.model_performance's figures of each head (dbt_project/models/serving/model_performance.sql)
 REALISED = {"recommendation": ("hit_rate_at_n", "ndcg_at_n", "revenue_at_n", "users_active", "window_complete"),
@@ -35,16 +37,18 @@ REALISED = {"recommendation": ("hit_rate_at_n", "ndcg_at_n", "revenue_at_n", "us
 
 
 def run_metadata(run_date: str, model_name: str, versions: dict[str, str], mlflow_run_id: str,
-                 horizon_days: int) -> dict[str, dict[str, pa.Scalar]]:
+                 horizon_days: int, ltv_model: str = "ziln") -> dict[str, dict[str, pa.Scalar]]:
     """By table, the columns that are the same on every row of a run's scores. `versions`: the model version
     behind each head ({"recommendation": ..., "ltv": ...}: the model gate decides them separately);
-    `horizon_days`: the horizon the LTV head was trained for."""
+    `horizon_days`: the horizon the LTV head was trained for; `ltv_model`: the family of the expected values (the
+    LTV backtest's choice, models/ltv_backtest.py)."""
     generated_at = datetime.now(timezone.utc).replace(tzinfo=None)
     common = {"run_date": pa.scalar(pd.Timestamp(run_date).date(), pa.date32()),
               "generated_at": pa.scalar(generated_at, pa.timestamp("us")), "model_name": pa.scalar(model_name),
               "mlflow_run_id": pa.scalar(mlflow_run_id), "horizon_days": pa.scalar(horizon_days, pa.int32())}
     return {"recommendations": common | {"model_version": pa.scalar(str(versions["recommendation"]))},
-            "ltv_estimates": common | {"model_version": pa.scalar(str(versions["ltv"]))}}
+            "ltv_estimates": common | {"model_version": pa.scalar(str(versions["ltv"])),
+                                       "ltv_model": pa.scalar(ltv_model)}}
 
 
 def with_metadata(table: str, batch: pa.RecordBatch, meta: dict[str, dict[str, pa.Scalar]]) -> pa.RecordBatch:
@@ -56,10 +60,14 @@ def with_metadata(table: str, batch: pa.RecordBatch, meta: dict[str, dict[str, p
 
 class ScoresWriter:
     """Streams scorer batches into scores/<table>.parquet with the run's metadata; counts rows and users, and keeps
-    `progress_file` (users scored of all) up to date for the CLI."""
+    `progress_file` (users scored of all) up to date for the CLI. `expected_values`: by user_id, the published
+    family's estimates where it is not the network's ZILN head (they replace the scorer's expected_value; p_active
+    stays the head's)."""
 
-    def __init__(self, out_dir: Path, meta: dict[str, dict[str, pa.Scalar]], progress_file: Path | None = None):
+    def __init__(self, out_dir: Path, meta: dict[str, dict[str, pa.Scalar]], progress_file: Path | None = None,
+                 expected_values: pd.Series | None = None):
         self.out_dir, self.meta, self.progress_file = Path(out_dir), meta, progress_file
+        self.expected_values = expected_values
         self.rows = {table: 0 for table in SERVING_TABLES}
         self.users = 0
 
@@ -73,6 +81,8 @@ class ScoresWriter:
             writer.close()
 
     def write(self, table: str, batch: pa.RecordBatch) -> None:
+        if table == "ltv_estimates" and self.expected_values is not None:
+            batch = self._replace_expected_values(batch)
         self.writers[table].write_batch(with_metadata(table, batch, self.meta))
         self.rows[table] += batch.num_rows
 
@@ -102,6 +112,16 @@ class ScoresWriter:
                 if table == "recommendations":
                     users.update(batch.column("user_id").to_pylist())
         self.users = len(users)
+
+    def _replace_expected_values(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        users = batch.column("user_id").to_pandas()
+        values = self.expected_values.reindex(users)
+        if values.isna().any():
+            missing = users[values.isna().to_numpy()].iloc[0]
+            raise ValueError(f"the published LTV family ({self.meta['ltv_estimates']['ltv_model']}) has no estimate "
+                             f"for customer {missing!r}, whom the scorer scored")
+        column = batch.schema.get_field_index("expected_value")
+        return batch.set_column(column, "expected_value", pa.array(values.to_numpy(dtype=float), pa.float64()))
 
     def _progress(self, done: int, total: int, started: float) -> None:
         if self.progress_file is not None:

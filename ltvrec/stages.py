@@ -284,9 +284,10 @@ def ltv_backtest(run: RunDir) -> dict:
         return {"skipped": "no customers: nothing to backtest"}
     record = decide(ltv, run.split()["ltv_cutoffs"], cfg.ltv_prior and "ltv_prior" in ltv.columns, cfg.ltv_sigma_max,
                     cfg.d_model, cfg.seed, cfg.ltv_correction_weight, cfg.ltv_calibration == "level",
-                    (run.stage("ltv_prior") or {}).get("seasonal_factors"))
+                    (run.stage("ltv_prior") or {}).get("seasonal_factors"), cfg.ltv_model)
     tracking.log_metrics_tags(cfg, run.mlflow_run_id, flat_backtest_metrics(record),
-                              {"ltv_backtest_best_family": record.get("best_family", "none")})
+                              {"ltv_backtest_best_family": record.get("best_family", "none"),
+                               "ltv_published_model": record["ltv_model"]})
     for reason in record["reasons"]:
         log.info("LTV backtest: %s", reason)
     return record
@@ -295,7 +296,7 @@ def ltv_backtest(run: RunDir) -> dict:
 def flat_backtest_metrics(record: dict) -> dict[str, float]:
     """backtest_<family>_<metric> averaged over the origins, and the decisions (backtest_ltv_*), for MLflow."""
     out = {f"backtest_{k}": v for k, v in record["decisions"].items()}
-    for name in ("gini", "calibrated_decile_mape", "levels"):
+    for name in ("gini", "decile_mape", "calibrated_decile_mape", "levels"):
         for family, value in record.get(name, {}).items():
             out[f"backtest_{family.replace('.', '_')}_{name.removesuffix('s')}"] = value
     return out
@@ -488,8 +489,9 @@ def score(run: RunDir) -> dict:
         raise RuntimeError(f"no @champion of {cfg.registered_model} in the registry to score with")
     split = run.split()
     checkpoint, horizon_days = champion_model(cfg, versions, run.scores, split["horizon_days"])
-    meta = serving.run_metadata(run.run_date, cfg.registered_model, versions, run.mlflow_run_id, horizon_days)
-    with serving.ScoresWriter(run.scores, meta, run.progress_file("score")) as writer:
+    family, expected_values = published_ltv_model(run)
+    meta = serving.run_metadata(run.run_date, cfg.registered_model, versions, run.mlflow_run_id, horizon_days, family)
+    with serving.ScoresWriter(run.scores, meta, run.progress_file("score"), expected_values) as writer:
         if cfg.score_engine == "spark":
             spark_out = run.scores / "spark"
             launch.spark_submit("score.py", serving.spark_score_args(cfg, run.features, checkpoint, spark_out),
@@ -503,8 +505,23 @@ def score(run: RunDir) -> dict:
                      "only LTV estimates are published")
         log.warning(notes[-1])
     return {"rows": writer.rows | {"users_scored": writer.users}, "champion_version": versions["recommendation"],
-            "ltv_champion_version": versions["ltv"], "ltv_horizon_days": horizon_days, "run_date": run.run_date,
-            "engine": cfg.score_engine, "notes": notes}
+            "ltv_champion_version": versions["ltv"], "ltv_model": family, "ltv_horizon_days": horizon_days,
+            "run_date": run.run_date, "engine": cfg.score_engine, "notes": notes}
+
+
+def published_ltv_model(run: RunDir):
+    """(the LTV family the backtest chose to publish, its estimates by user_id; None for ZILN: the scorer's)."""
+    from models.data import FeatureSet
+    from models.ltv_backtest import published_estimates
+
+    record = run.stage("ltv_backtest") or {}
+    family = record.get("ltv_model", "ziln")  # no backtest (training=none): the champion's head
+    if family == "ziln":
+        return family, None
+    log.info("publishing the LTV estimates of %s (the LTV backtest's choice)", family)
+    fs = FeatureSet.load(run.features)
+    use_prior = run.config().ltv_prior and "ltv_prior" in fs.ltv.columns  # as the backtest decided it
+    return family, published_estimates(fs, family, use_prior, record.get("ltv_model_level", 1.0))
 
 
 def champion_model(cfg: RunConfig, versions: dict[str, str], folder: Path, run_horizon: int) -> tuple[Path, int]:

@@ -23,7 +23,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from ltvrec.config import TABLE_NAME
-from ltvrec.serving import SERVING_SCHEMAS
+from ltvrec.serving import ADDED_COLUMNS, SERVING_SCHEMAS
 
 IDENT = re.compile(f"^{TABLE_NAME}$")
 
@@ -67,6 +67,21 @@ def _check_tables(tables: dict) -> None:
     for table in tables:
         if table not in SERVING_SCHEMAS:
             raise ValueError(f"unknown serving table {table!r}: one of {', '.join(SERVING_SCHEMAS)}")
+
+
+def _add_new_columns(cur, table: str, placeholder: str) -> None:
+    """Add the columns of SERVING_SCHEMAS a serving table made by an older ltvrec lacks; its rows get the value
+    ADDED_COLUMNS gives (for ltv_model: ziln, the only family published before)."""
+    cur.execute("select column_name from information_schema.columns where table_schema = 'serving' and "
+                f"table_name = {placeholder}", [table])
+    have = {row[0] for row in cur.fetchall()}
+    for f in SERVING_SCHEMAS[table]:
+        if f.name not in have:
+            default = ADDED_COLUMNS[(table, f.name)]
+            if not IDENT.match(default):
+                raise ValueError(f"invalid default {default!r} for serving.{table}.{f.name}")
+            cur.execute(f"alter table {qualified('serving', table)} add column {quoted(f.name)} {PG_TYPES[f.type]} "
+                        f"default '{default}'")
 
 
 def _utcnow() -> datetime:
@@ -257,6 +272,8 @@ class DuckDBWarehouse(Warehouse):
                                                                                           PUBLISHED_RUNS_DDL)]:
             con.execute(f'create schema if not exists "{schema}"')
             con.execute(f"create table if not exists {qualified(schema, table)} {ddl}")
+            if schema == "serving":
+                _add_new_columns(con, table, "?")
 
     def dbt_target(self) -> tuple[str, dict[str, str]]:
         return "duckdb", {"LTVREC_DUCKDB_PATH": str(self.path)}
@@ -358,6 +375,7 @@ class PostgresWarehouse(Warehouse):
             if cur.fetchone()[0] != "p":
                 raise RuntimeError(f"serving.{table} exists but is not partitioned by run_date (made by an older "
                                    f"ltvrec): rename it, publish again, then copy its old dates in")
+            _add_new_columns(cur, table, "%s")
 
     def create_reader_role(self, password: str, role: str = "ltvrec_reader") -> None:
         """A login role that can read `serving` (now and tables created later) and nothing else."""

@@ -132,7 +132,7 @@ def ltv_predictions(fs: FeatureSet, loaded: LoadedModel, with_btyd: bool = True)
     (BTYD x seasonal factor). The boosted trees (`gbdt`, models/ltv_backtest.py) are fitted on the training
     cut-offs' customers with the features the ZILN head reads.
     """
-    from models.ltv_backtest import fit_gbdt, fittable
+    from models.ltv_backtest import fit_family, fittable
 
     frame, p, ev = predict_ltv(fs, loaded, "eval")
     if frame.empty:
@@ -141,10 +141,11 @@ def ltv_predictions(fs: FeatureSet, loaded: LoadedModel, with_btyd: bool = True)
     naive = np.maximum(frame["spend_past_h"].to_numpy(dtype=float), 0.0)
     predictions = {"ziln": (ev, p), "naive_past_spend": (naive, naive)}
     train = pd.concat([fs.ltv_frame(name) for name in fs.ltv_train_cutoffs()], ignore_index=True)
-    if fittable(train):
-        gbdt = fit_gbdt(train, loaded.scaler.features, seed=0)(frame)
+    with_prior = "ltv_prior" in frame and bool(frame["ltv_prior"].notna().all())
+    if fittable(train):  # the same fit as the one the score stage publishes when the backtest picks it
+        gbdt = fit_family("gbdt", train, with_prior)(frame)
         predictions["gbdt"] = (gbdt, gbdt)
-    if "ltv_prior" in frame and frame["ltv_prior"].notna().all():
+    if with_prior:
         purchases = frame["btyd_expected_purchases"].to_numpy(dtype=float)
         predictions["bgnbd_gamma_gamma"] = (frame["btyd_expected_value"].to_numpy(dtype=float), purchases)
         predictions["seasonal_bgnbd_prior"] = (frame["ltv_prior"].to_numpy(dtype=float), purchases)

@@ -18,7 +18,10 @@ What the backtest decides for the run:
 - `ltv_correction_weight`: the w with the best Gini over the origins. On Online Retail II the decile MAPE at the
   backtest's check favoured the opposite w from the evaluation window's (the season changes between them), while
   the Gini ordered the w alike (docs/benchmarks.md).
-- `best_family`: the family with the highest Gini at the checks (recorded and reported, not yet published).
+- `best_family`: the family with the highest Gini at the checks.
+- `ltv_model`: the family whose estimates are published (`choose_model`): ZILN, unless another family ranked
+  customers better (Gini) with no worse decile MAPE at the checks, so the published estimate is never one the
+  backtest found dominated by a baseline the run computes anyway.
 """
 
 from __future__ import annotations
@@ -101,23 +104,47 @@ def fit_gbdt(train: pd.DataFrame, features: list[str], seed: int):
 
     model = lightgbm.LGBMRegressor(objective="tweedie", tweedie_variance_power=1.5, n_estimators=300,
                                    learning_rate=0.03, num_leaves=15, min_child_samples=20, subsample=0.8,
-                                   subsample_freq=1, colsample_bytree=0.8, random_state=seed, n_jobs=2, verbose=-1)
+                                   subsample_freq=1, colsample_bytree=0.8, random_state=seed, n_jobs=2, verbose=-1,
+                                   deterministic=True, force_row_wise=True)  # the same fit, evaluated and published
     model.fit(train[features].fillna(0.0).to_numpy(dtype=float), train["label_value"].to_numpy(dtype=float))
     return lambda frame: model.predict(frame[features].fillna(0.0).to_numpy(dtype=float))
+
+
+BASELINE_COLUMNS = {"naive_past_spend": "spend_past_h", "bgnbd_gamma_gamma": "btyd_expected_value",
+                    "seasonal_bgnbd_prior": "ltv_prior"}  # the families read from a feature column, no fit
+
+
+def family_features(use_prior: bool) -> list[str]:
+    """The features the ZILN head and the boosted trees read."""
+    return LTV_FEATURES + (PRIOR_COLUMNS if use_prior else [])
+
+
+def fit_family(family: str, train: pd.DataFrame, use_prior: bool, seed: int = 0):
+    """predict(frame) -> expected values of a family other than ZILN; `gbdt` is fitted on `train`."""
+    if family == "gbdt":
+        return fit_gbdt(train, family_features(use_prior), seed)
+    column = BASELINE_COLUMNS[family]
+    return lambda frame: np.maximum(frame[column].to_numpy(dtype=float), 0.0)
 
 
 def family_predictions(origin: pd.DataFrame, check: pd.DataFrame, use_prior: bool, sigma_max: float, width: int,
                        seed: int, weights: tuple[float, ...] = WEIGHTS) -> dict[str, np.ndarray]:
     """Every family's expected values for the `check` customers, fitted on the `origin` customers."""
-    features = LTV_FEATURES + (PRIOR_COLUMNS if use_prior else [])
-    ziln = fit_ziln(origin, features, use_prior, sigma_max, width, seed, weights)(check)
+    ziln = fit_ziln(origin, family_features(use_prior), use_prior, sigma_max, width, seed, weights)(check)
     out = {f"ziln_w{w:g}": ev for w, ev in ziln.items()}
-    out["gbdt"] = fit_gbdt(origin, features, seed)(check)
-    out["naive_past_spend"] = np.maximum(check["spend_past_h"].to_numpy(dtype=float), 0.0)
-    if use_prior:
-        out["bgnbd_gamma_gamma"] = check["btyd_expected_value"].to_numpy(dtype=float)
-        out["seasonal_bgnbd_prior"] = check["ltv_prior"].to_numpy(dtype=float)
-    return out
+    baselines = ["gbdt", "naive_past_spend"] + (["bgnbd_gamma_gamma", "seasonal_bgnbd_prior"] if use_prior else [])
+    return out | {family: fit_family(family, origin, use_prior, seed)(check) for family in baselines}
+
+
+def published_estimates(fs, family: str, use_prior: bool, level: float = 1.0, cutoff: str = "score") -> pd.Series:
+    """A family's expected values at a cut-off by user_id (models.data.FeatureSet `fs`), fitted where the network's
+    LTV head is (the training cut-offs, with the evaluation's seed: the published boosted trees are those the
+    evaluate stage measured), times `level`."""
+    train = pd.concat([fs.ltv_frame(name) for name in fs.ltv_train_cutoffs()], ignore_index=True)
+    if family == "gbdt" and not fittable(train):
+        raise ValueError(f"ltv_model gbdt: the training cut-offs have {len(train)} customers and no spend to fit on")
+    frame = fs.ltv_frame(cutoff)
+    return pd.Series(fit_family(family, train, use_prior)(frame) * level, index=frame["user_id"].to_numpy())
 
 
 def run_backtest(ltv: pd.DataFrame, cutoffs: dict[str, str], use_prior: bool, sigma_max: float, width: int,
@@ -149,24 +176,43 @@ def run_backtest(ltv: pd.DataFrame, cutoffs: dict[str, str], use_prior: bool, si
     calibrated = {f: float(np.mean([_calibrated_mape(actual[c], predicted[c][f], levels[f]) for c in predicted]))
                   for f in families}
     gini = {f: float(np.mean([c["metrics"][f]["gini"] for c in checks])) for f in families}
+    mape = {f: float(np.mean([c["metrics"][f]["decile_mape"] for c in checks])) for f in families}
     weight = choose_weight(gini) if use_prior else 1.0
     ziln = f"ziln_w{weight:g}"
     best = max((f for f in families if f == ziln or not f.startswith("ziln_")), key=lambda f: gini[f])
     return {"origins": checks, "decided": True, "levels": levels, "calibrated_decile_mape": calibrated,
-            "gini": gini, "ltv_correction_weight": weight, "ziln": ziln, "best_family": best}
+            "gini": gini, "decile_mape": mape, "ltv_correction_weight": weight, "ziln": ziln, "best_family": best}
+
+
+def choose_model(record: dict) -> tuple[str, str]:
+    """(the family to publish, why): among the families that beat the chosen ZILN on Gini at the backtest's checks
+    without a worse decile MAPE there, the one with the best Gini; else ZILN (`ziln`)."""
+    gini, mape, ziln = record["gini"], record["decile_mape"], record["ziln"]
+    better = [f for f in gini if not f.startswith("ziln_") and gini[f] > gini[ziln] and mape[f] <= mape[ziln]]
+    if not better:
+        return "ziln", (f"ZILN published: no family beat its Gini ({gini[ziln]:.4f}) without a worse decile MAPE "
+                        f"({mape[ziln]:.3f}) in the backtest")
+    chosen = max(better, key=lambda f: gini[f])
+    return chosen, (f"{chosen} published instead of ZILN: in the backtest it ranked customers better (Gini "
+                    f"{gini[chosen]:.4f} vs {gini[ziln]:.4f}) with no worse decile MAPE ({mape[chosen]:.3f} vs "
+                    f"{mape[ziln]:.3f})")
 
 
 def decide(ltv: pd.DataFrame, cutoffs: dict[str, str], use_prior: bool, sigma_max: float, width: int, seed: int,
-           weight: float | None = None, calibrate: bool = False, seasons: dict[str, float | None] | None = None
-           ) -> dict:
-    """The backtest's record with `decisions` for the trainer (ltv_correction_weight, ltv_level) and `reasons`.
-    `weight`: an explicit correction weight (the backtest then only measures it); `calibrate`: apply the level."""
+           weight: float | None = None, calibrate: bool = False, seasons: dict[str, float | None] | None = None,
+           model: str = "auto") -> dict:
+    """The backtest's record with `decisions` for the trainer (ltv_correction_weight, ltv_level), the family to
+    publish (`ltv_model`, and `ltv_model_level`: its level when calibrating, else 1) and `reasons`. `weight`: an
+    explicit correction weight (the backtest then only measures it); `calibrate`: apply the level; `model`: a family
+    to publish whatever the backtest finds, or auto (`choose_model`)."""
     record = run_backtest(ltv, cutoffs, use_prior, sigma_max, width, seed, WEIGHTS if weight is None else (weight,),
                           seasons)
     if not record["decided"]:
-        chosen = FALLBACK_WEIGHT if weight is None else weight
-        record |= {"decisions": {"ltv_correction_weight": chosen, "ltv_level": 1.0},
-                   "reasons": [f"{record['reason']}: correction weight {chosen:g}, no level calibration"]}
+        chosen, published = FALLBACK_WEIGHT if weight is None else weight, "ziln" if model == "auto" else model
+        record |= {"decisions": {"ltv_correction_weight": chosen, "ltv_level": 1.0}, "ltv_model": published,
+                   "ltv_model_level": 1.0,
+                   "reasons": [f"{record['reason']}: correction weight {chosen:g}, no level calibration, "
+                               f"{published} published"]}
         return record
     ziln, level = record["ziln"], record["levels"][record["ziln"]]
     w = record["ltv_correction_weight"]
@@ -174,11 +220,12 @@ def decide(ltv: pd.DataFrame, cutoffs: dict[str, str], use_prior: bool, sigma_ma
                f"{record['gini'][ziln]:.4f} over {len(record['origins'])} origin(s))",
                f"level {level:.3f}: a ZILN head fitted H days earlier predicted {1 / level:.3f} x the actual total"
                + ("" if calibrate else " (not applied: ltv_calibration=none)")]
-    best = record["best_family"]
-    if best != ziln:
-        reasons.append(f"{best} ranked customers better than ZILN in the backtest (Gini {record['gini'][best]:.4f} vs "
-                       f"{record['gini'][ziln]:.4f}); the published estimates are still ZILN's")
-    record |= {"decisions": {"ltv_correction_weight": w, "ltv_level": level if calibrate else 1.0}, "reasons": reasons}
+    published, why = choose_model(record) if model == "auto" else (model, f"{model} published: set by the run")
+    if published not in ("ziln", *record["gini"]):
+        raise ValueError(f"ltv_model {published!r}: the backtest has no such family here ({', '.join(record['gini'])})")
+    published_level = record["levels"][published] if calibrate and published != "ziln" else 1.0  # ZILN's: ltv_level
+    record |= {"decisions": {"ltv_correction_weight": w, "ltv_level": level if calibrate else 1.0},
+               "ltv_model": published, "ltv_model_level": published_level, "reasons": reasons + [why]}
     return record
 
 

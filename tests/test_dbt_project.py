@@ -356,7 +356,7 @@ def test_realised_performance_agrees_with_the_offline_metrics(tmp_path):
             "generated_at": [pd.Timestamp("2024-02-01")]}
     table = {"recommendations": pd.DataFrame(recs, columns=["user_id", "rank", "item_id"]).assign(score=0.0),
              "ltv_estimates": pd.DataFrame({"user_id": customers, "horizon_days": horizon, "p_active": 0.5,
-                                            "expected_value": predicted})}
+                                            "expected_value": predicted, "ltv_model": "ziln"})}
     wh.publish(run_date.date().isoformat(), {
         name: pa.Table.from_pandas(frame.assign(**{k: v * len(frame) for k, v in meta.items()}),
                                    preserve_index=False).select(SERVING_SCHEMAS[name].names).cast(SERVING_SCHEMAS[name])

@@ -127,8 +127,10 @@ def test_rerun_of_the_same_date_replaces_rows(home):
 
 def test_a_challenger_that_fails_the_model_gate_stays_registered_and_the_champion_scores(home):
     before = query(home, "select count(*), max(model_version) from serving.recommendations")
-    # would have to gain a full point of NDCG@10 and of Gini; scored by the Spark path (jobs/score.py) this time
-    strict = json.dumps(json.loads(CONF) | {"ndcg_tolerance": -1.0, "gini_tolerance": -1.0, "score_engine": "spark"})
+    # would have to gain a full point of NDCG@10 and of Gini; scored by the Spark path (jobs/score.py) this time, and
+    # publishing the boosted trees' LTV estimates instead of the head's
+    strict = json.dumps(json.loads(CONF) | {"ndcg_tolerance": -1.0, "gini_tolerance": -1.0, "score_engine": "spark",
+                                            "ltv_model": "gbdt"})
     third = ltvrec(home, "run", "--synthetic-users", "250", "--epochs", "1", "--top-n", "5", "--conf", strict)
     assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
     assert "v3 REJECTED by the model gate; scored with @champion v2" in third.stdout
@@ -139,6 +141,25 @@ def test_a_challenger_that_fails_the_model_gate_stays_registered_and_the_champio
     assert tags["promotion"] == "rejected" and tags["champion"] == "2" and "worse beyond" in tags["promotion_reasons"]
     assert tags["gain_ndcg_10"].endswith("vs champion v2") and "95% CI" in tags["gain_ndcg_10"]
     assert query(home, "select count(*), max(model_version) from serving.recommendations") == before  # still v2's
+    assert_the_boosted_trees_were_published(home, summary)
+
+
+def assert_the_boosted_trees_were_published(home: Path, summary: dict):
+    """serving.ltv_estimates carries the run's boosted trees at the scoring cut-off, labelled gbdt; p_active stays
+    the champion's head's."""
+    from models.data import FeatureSet
+    from models.ltv_backtest import published_estimates
+
+    assert summary["ltv_backtest"]["ltv_model"] == "gbdt"
+    assert "gbdt published: set by the run" in summary["ltv_backtest"]["reasons"]
+    fs = FeatureSet.load(home / "runs" / summary["run_id"] / "features")
+    expected = published_estimates(fs, "gbdt", use_prior=True)
+    rows = query(home, "select user_id, expected_value, p_active, ltv_model from serving.ltv_estimates "
+                       f"where run_date = date '{summary['run_date']}'")
+    assert {model for *_, model in rows} == {"gbdt"} and len(rows) == len(expected)
+    got = {user: value for user, value, *_ in rows}
+    assert max(abs(got[user] - value) for user, value in expected.items()) < 1e-6
+    assert all(0 <= p <= 1 for _, _, p, _ in rows)
 
 
 def test_a_volume_spike_stops_the_run_before_cleaning(home):

@@ -78,7 +78,8 @@ def good_scores(top_n=2):
     """u1 has 3 unseen items -> 2 rows; u2 has 1 unseen item -> 1 row."""
     recs = pd.DataFrame({"user_id": ["u1", "u1", "u2"], "rank": [1, 2, 1], "item_id": ["i2", "i3", "i4"],
                          "score": [2.0, 1.0, 0.5]})
-    ltv = pd.DataFrame({"user_id": ["u1", "u2"], "p_active": [0.5, 0.1], "expected_value": [3.0, 0.0]})
+    ltv = pd.DataFrame({"user_id": ["u1", "u2"], "p_active": [0.5, 0.1], "expected_value": [3.0, 0.0],
+                        "ltv_model": ["gbdt", "gbdt"]})
     return recs, ltv
 
 
@@ -112,6 +113,7 @@ def test_scores_gate_catches_each_broken_recommendation(tmp_path, broken, expect
     ("expected_value", [np.inf, 0.0], "expected_value_is_finite"),
     ("expected_value", [np.nan, 0.0], "expected_value"),
     ("user_id", ["u1", "u1"], "expect_column_values_to_be_unique"),
+    ("ltv_model", ["gbdt", "xgboost"], "ltv_model"),  # not a family the run fits
 ])
 def test_scores_gate_catches_each_broken_ltv_estimate(tmp_path, column, values, expected):
     recs, ltv = good_scores()
@@ -122,7 +124,7 @@ def test_scores_gate_catches_each_broken_ltv_estimate(tmp_path, column, values, 
 def test_scores_gate_allows_no_recommendations_only_when_nothing_is_left_to_recommend(tmp_path):
     empty = pd.DataFrame({"user_id": pd.Series([], dtype=str), "rank": pd.Series([], dtype="int32"),
                           "item_id": pd.Series([], dtype=str), "score": pd.Series([], dtype=float)})
-    ltv = pd.DataFrame({"user_id": ["u1"], "p_active": [0.5], "expected_value": [3.0]})
+    ltv = pd.DataFrame({"user_id": ["u1"], "p_active": [0.5], "expected_value": [3.0], "ltv_model": ["ziln"]})
     one_item, one_user = pd.Series(["only"]), pd.Series(["u1"])
     seen_all = pd.DataFrame({"user_id": ["u1"], "item_id": ["only"]})
     frames, params = scores_frames(empty, ltv, seen_all, one_item, one_user, 10)
@@ -155,7 +157,8 @@ def test_the_raw_gate_stage_compares_with_the_last_published_run(tmp_path):
         wh.publish("2026-01-01", {"ltv_estimates": pa.table({
             "run_date": pa.array([pd.Timestamp("2026-01-01").date()], pa.date32()), "user_id": ["u1"],
             "horizon_days": pa.array([90], pa.int32()), "p_active": [0.5], "expected_value": [1.0],
-            "model_version": ["1"], "mlflow_run_id": ["x"], "generated_at": pa.array([pd.Timestamp("2026-01-01")], pa.timestamp("us"))})},
+            "model_version": ["1"], "mlflow_run_id": ["x"], "generated_at": pa.array([pd.Timestamp("2026-01-01")], pa.timestamp("us")),
+            "ltv_model": ["ziln"]})},
             record={"model_name": model, "run_id": f"run-{raw_events}", "raw_events": raw_events})
 
     published("ltvrec-synthetic", 100)

@@ -179,3 +179,54 @@ def test_the_head_multiplies_its_expected_values_by_the_level():
     p, ev = model(1.0).ltv_estimate(None, feats, prior)
     p2, ev2 = model(0.8).ltv_estimate(None, feats, prior)
     assert torch.equal(p, p2) and torch.allclose(ev2, 0.8 * ev)
+
+
+def test_another_family_is_published_only_when_it_beats_ziln_on_gini_without_a_worse_mape():
+    from models.ltv_backtest import choose_model
+
+    record = {"ziln": "ziln_w0.5", "gini": {"ziln_w0.5": 0.80, "ziln_w1": 0.95, "gbdt": 0.82, "naive_past_spend": 0.70},
+              "decile_mape": {"ziln_w0.5": 0.30, "ziln_w1": 0.10, "gbdt": 0.25, "naive_past_spend": 0.90}}
+    assert choose_model(record)[0] == "gbdt"  # another ZILN weight is not a family of its own
+    worse_level = record | {"decile_mape": record["decile_mape"] | {"gbdt": 0.31}}
+    family, why = choose_model(worse_level)
+    assert family == "ziln" and "no family beat its Gini" in why
+    two = record | {"gini": record["gini"] | {"bgnbd_gamma_gamma": 0.83},
+                    "decile_mape": record["decile_mape"] | {"bgnbd_gamma_gamma": 0.30}}
+    assert choose_model(two)[0] == "bgnbd_gamma_gamma"
+
+
+def test_the_backtest_records_the_published_family_and_a_run_can_set_it():
+    ltv = population(STEADY)
+    auto = decide(ltv, CUTOFFS, True, 2.0, 16, seed=3)
+    assert auto["ltv_model"] in {"ziln", "gbdt", "bgnbd_gamma_gamma", "seasonal_bgnbd_prior", "naive_past_spend"}
+    assert auto["ltv_model_level"] == 1.0 and " published" in auto["reasons"][-1]
+    forced = decide(ltv, CUTOFFS, True, 2.0, 16, seed=3, calibrate=True, model="gbdt")
+    assert forced["ltv_model"] == "gbdt" and forced["ltv_model_level"] == forced["levels"]["gbdt"]
+    with pytest.raises(ValueError, match="no such family"):  # without the prior there is no BG/NBD family
+        decide(ltv, CUTOFFS, False, 2.0, 16, seed=3, model="bgnbd_gamma_gamma")
+
+
+class Cutoffs:
+    """The two things published_estimates reads of a models.data.FeatureSet."""
+
+    def __init__(self, ltv: pd.DataFrame):
+        self.ltv = ltv
+
+    def ltv_frame(self, cutoff: str) -> pd.DataFrame:
+        return self.ltv[self.ltv["cutoff"] == cutoff].reset_index(drop=True)
+
+    def ltv_train_cutoffs(self) -> list[str]:
+        return ["train"]
+
+
+def test_published_estimates_are_the_family_at_the_scoring_cutoff_times_the_level():
+    from models.ltv_backtest import published_estimates
+
+    fs = Cutoffs(population(STEADY, n=400))
+    score = fs.ltv_frame("score")
+    prior = published_estimates(fs, "seasonal_bgnbd_prior", True, level=0.5)
+    assert list(prior.index) == list(score["user_id"])
+    assert np.allclose(prior.to_numpy(), 0.5 * score["ltv_prior"].to_numpy())
+    gbdt = published_estimates(fs, "gbdt", True)
+    assert (gbdt.to_numpy() >= 0).all() and np.corrcoef(gbdt.to_numpy(), score["ltv_prior"])[0, 1] > 0.5
+    assert gbdt.equals(published_estimates(fs, "gbdt", True))  # the evaluate stage's fit is the published one

@@ -198,3 +198,22 @@ def test_the_spark_path_gives_the_local_top_n(case, gap_case, tmp_path, rank_by,
     np.testing.assert_allclose(spark_recs["score"], local["score"], rtol=1e-4)
     spark_ltv = frame(pq.read_table(out / "ltv_estimates").to_pandas().pipe(pa.Table.from_pandas, preserve_index=False))
     np.testing.assert_allclose(spark_ltv["expected_value"], frame(score_ltv(fs, loaded))["expected_value"], rtol=1e-4)
+
+
+def test_the_scores_writer_publishes_another_familys_expected_values(tmp_path):
+    """With the LTV backtest's pick not ZILN, each customer's expected_value is that family's, labelled with it;
+    p_active stays the head's; a customer the family has no estimate for stops the stage."""
+    from ltvrec import serving
+    from models.score import LTV_SCHEMA
+
+    meta = serving.run_metadata("2026-01-01", "m", {"recommendation": "1", "ltv": "1"}, "r", 90, ltv_model="gbdt")
+    batch = pa.RecordBatch.from_arrays([pa.array(["u1", "u2"]), pa.array([0.2, 0.9]), pa.array([5.0, 50.0])],
+                                       schema=LTV_SCHEMA)
+    with serving.ScoresWriter(tmp_path, meta, expected_values=pd.Series([7.0, 70.0], index=["u2", "u1"])) as writer:
+        writer.write("ltv_estimates", batch)
+    got = pq.read_table(tmp_path / "ltv_estimates.parquet").to_pandas()
+    assert got[["user_id", "p_active", "expected_value", "ltv_model"]].values.tolist() == [
+        ["u1", 0.2, 70.0, "gbdt"], ["u2", 0.9, 7.0, "gbdt"]]
+    with pytest.raises(ValueError, match="no estimate for customer 'u2'"):
+        with serving.ScoresWriter(tmp_path, meta, expected_values=pd.Series([1.0], index=["u1"])) as writer:
+            writer.write("ltv_estimates", batch)

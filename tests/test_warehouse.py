@@ -42,6 +42,7 @@ def ltv(run_date: str, users=("u1", "u2"), version="1") -> pa.Table:
         "p_active": [0.5] * len(users), "expected_value": [10.0] * len(users),
         "model_version": [version] * len(users), "mlflow_run_id": ["abc"] * len(users),
         "generated_at": pa.array([datetime(2026, 1, 1, 12)] * len(users), pa.timestamp("us")),
+        "ltv_model": ["ziln"] * len(users),
     })
 
 
@@ -152,3 +153,19 @@ def test_a_failing_copy_stops_the_encoder_and_raises(pg_database):
     with pytest.raises(Exception, match="null value"):
         wh.publish("2026-01-01", {"recommendations": pa.RecordBatchReader.from_batches(bad.schema, bad.to_batches(1000))})
     assert threading.active_count() == before
+
+
+def test_a_serving_table_of_an_older_ltvrec_gets_the_new_columns(wh, monkeypatch):
+    """serving.ltv_estimates made before ltv_model existed: the next publish adds the column, and the rows already
+    there get the family every older run published (ziln)."""
+    older = dict(warehouse.SERVING_SCHEMAS)
+    older["ltv_estimates"] = older["ltv_estimates"].remove(older["ltv_estimates"].get_field_index("ltv_model"))
+    with monkeypatch.context() as m:
+        m.setattr(warehouse, "SERVING_SCHEMAS", older)
+        wh.publish("2026-01-01", {"ltv_estimates": ltv("2026-01-01").drop_columns(["ltv_model"])})
+    new = ltv("2026-01-02")
+    wh.publish("2026-01-02", {"ltv_estimates": new.set_column(new.schema.get_field_index("ltv_model"), "ltv_model",
+                                                              pa.array(["gbdt", "gbdt"]))})
+    got = wh.query("select cast(run_date as varchar) as d, ltv_model, count(*) as n from serving.ltv_estimates "
+                   "group by 1, 2 order by 1").to_pylist()
+    assert got == [{"d": "2026-01-01", "ltv_model": "ziln", "n": 2}, {"d": "2026-01-02", "ltv_model": "gbdt", "n": 2}]
