@@ -174,8 +174,11 @@ class RunConfig:
     ltv_backtest_origins: int = knob(2, "LTV backtest origins D-3H, D-4H, ..., each checked H days later, where "
                                      "history allows: they choose ltv_correction_weight and measure the level",
                                      "ltv", minimum=0)
-    ltv_calibration: str = knob("none", "rescale the ZILN estimates by the level the LTV backtest found such a head "
-                                "off by H days later (level), or not", "ltv", choices=("none", "level"))
+    ltv_calibration: str = knob("auto", "the published ZILN estimates' total: the head's own (none), times the level "
+                                "the LTV backtest found such a head off by H days later (level), the seasonal "
+                                "prior's (prior_total), or auto: the prior's where it was nearer the actual total "
+                                "than the head's in the backtest", "ltv",
+                                choices=("auto", "none", "level", "prior_total"))
     ltv_model: str = knob("auto", "LTV family whose estimates are published; auto: the LTV backtest's pick (ZILN "
                           "unless another beat its Gini there with no worse decile MAPE)", "ltv", choices=LTV_MODELS)
     # scoring

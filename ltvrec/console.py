@@ -149,9 +149,12 @@ def headline(name: str, rec: dict) -> str:
     if name == "ltv_backtest":
         decided, found = rec.get("decisions", {}), rec.get("levels", {}).get(rec.get("ziln"), 1.0)
         applied = "applied" if decided.get("ltv_level", 1.0) != 1.0 else "not applied"
+        published = rec.get("ltv_model", "ziln")
+        if published == "ziln" and rec.get("ltv_total_from") == "prior":
+            published += " at the prior's total"
         return (f"{len(rec.get('origins', []))} origin(s): correction weight "
                 f"{decided.get('ltv_correction_weight', 0):g}, level {found:.3f} ({applied}), best "
-                f"{rec.get('best_family')}, publishes {rec.get('ltv_model', 'ziln')}")
+                f"{rec.get('best_family')}, publishes {published}")
     if name == "als_baseline" and isinstance(rec.get("tuning"), dict):
         tuning = rec["tuning"]
         chosen = ", ".join(f"{key} {value:g}" for key, value in tuning["chosen"].items())

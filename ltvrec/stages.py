@@ -283,11 +283,11 @@ def ltv_backtest(run: RunDir) -> dict:
     if ltv.empty:
         return {"skipped": "no customers: nothing to backtest"}
     record = decide(ltv, run.split()["ltv_cutoffs"], cfg.ltv_prior and "ltv_prior" in ltv.columns, cfg.ltv_sigma_max,
-                    cfg.d_model, cfg.seed, cfg.ltv_correction_weight, cfg.ltv_calibration == "level",
+                    cfg.d_model, cfg.seed, cfg.ltv_correction_weight, cfg.ltv_calibration,
                     (run.stage("ltv_prior") or {}).get("seasonal_factors"), cfg.ltv_model)
     tracking.log_metrics_tags(cfg, run.mlflow_run_id, flat_backtest_metrics(record),
                               {"ltv_backtest_best_family": record.get("best_family", "none"),
-                               "ltv_published_model": record["ltv_model"]})
+                               "ltv_published_model": record["ltv_model"], "ltv_total_from": record["ltv_total_from"]})
     for reason in record["reasons"]:
         log.info("LTV backtest: %s", reason)
     return record
@@ -296,7 +296,7 @@ def ltv_backtest(run: RunDir) -> dict:
 def flat_backtest_metrics(record: dict) -> dict[str, float]:
     """backtest_<family>_<metric> averaged over the origins, and the decisions (backtest_ltv_*), for MLflow."""
     out = {f"backtest_{k}": v for k, v in record["decisions"].items()}
-    for name in ("gini", "decile_mape", "calibrated_decile_mape", "levels"):
+    for name in ("gini", "decile_mape", "calibrated_decile_mape", "levels", "total_error"):
         for family, value in record.get(name, {}).items():
             out[f"backtest_{family.replace('.', '_')}_{name.removesuffix('s')}"] = value
     return out
@@ -451,7 +451,8 @@ def evaluate(run: RunDir) -> dict:
         report, gate = evaluate_run(fs, LoadedModel.from_file(checkpoint), protocol, factors), {}
         evaluated = {"model_versions": versions}
     else:
-        report = evaluate_run(fs, LoadedModel.from_file(run.final_checkpoint), protocol, factors)
+        report = evaluate_run(fs, LoadedModel.from_file(run.final_checkpoint), protocol, factors,
+                              total_from_prior=ltv_total_from(run) == "prior")
         champions = promotion.evaluate_champions(cfg, fs, protocol, report)
         comparisons = promotion.compare(cfg, report, champions)
         gate = {"champions": champions, "coupled": promotion.coupling(cfg, champions),
@@ -489,7 +490,7 @@ def score(run: RunDir) -> dict:
         raise RuntimeError(f"no @champion of {cfg.registered_model} in the registry to score with")
     split = run.split()
     checkpoint, horizon_days = champion_model(cfg, versions, run.scores, split["horizon_days"])
-    family, expected_values = published_ltv_model(run)
+    family, expected_values = published_ltv_model(run, checkpoint)
     meta = serving.run_metadata(run.run_date, cfg.registered_model, versions, run.mlflow_run_id, horizon_days, family)
     with serving.ScoresWriter(run.scores, meta, run.progress_file("score"), expected_values) as writer:
         if cfg.score_engine == "spark":
@@ -509,17 +510,31 @@ def score(run: RunDir) -> dict:
             "run_date": run.run_date, "engine": cfg.score_engine, "notes": notes}
 
 
-def published_ltv_model(run: RunDir):
-    """(the LTV family the backtest chose to publish, its estimates by user_id; None for ZILN: the scorer's)."""
+def ltv_total_from(run: RunDir) -> str:
+    """Where the published ZILN estimates take their total from (models/ltv_backtest.py): `prior` or `model`."""
+    return (run.stage("ltv_backtest") or {}).get("ltv_total_from", "model")  # no backtest (training=none): model
+
+
+def published_ltv_model(run: RunDir, checkpoint: Path):
+    """(the LTV family the backtest chose to publish, its estimates by user_id: None where they are the scorer's,
+    the head's at its own level)."""
+    import pandas as pd
+
+    from models.checkpoint import LoadedModel
     from models.data import FeatureSet
+    from models.evaluate import head_estimates
     from models.ltv_backtest import published_estimates
 
     record = run.stage("ltv_backtest") or {}
     family = record.get("ltv_model", "ziln")  # no backtest (training=none): the champion's head
-    if family == "ziln":
+    if family == "ziln" and ltv_total_from(run) == "model":
         return family, None
-    log.info("publishing the LTV estimates of %s (the LTV backtest's choice)", family)
     fs = FeatureSet.load(run.features)
+    if family == "ziln":
+        log.info("publishing the LTV head's estimates at the seasonal prior's total (the LTV backtest's choice)")
+        frame, _, expected = head_estimates(fs, LoadedModel.from_file(checkpoint), "score", total_from_prior=True)
+        return family, pd.Series(expected, index=frame["user_id"].to_numpy())
+    log.info("publishing the LTV estimates of %s (the LTV backtest's choice)", family)
     use_prior = run.config().ltv_prior and "ltv_prior" in fs.ltv.columns  # as the backtest decided it
     return family, published_estimates(fs, family, use_prior, record.get("ltv_model_level", 1.0))
 

@@ -13,8 +13,12 @@ as between the training cut-off and the evaluation cut-off. Every LTV family is 
 What the backtest decides for the run:
 - `level` of each family: actual / predicted total at the checks (geometric mean over the origins, clipped to
   LEVEL_CLIP): how far a model fitted on one window lands H days later. With ltv_calibration=level the published
-  ZILN estimates are multiplied by it (off by default: one or two origins did not predict the next window's level,
+  ZILN estimates are multiplied by it (one or two origins did not predict the next window's level,
   docs/benchmarks.md).
+- `ltv_total_from`: where the published ZILN estimates take their total from (`choose_total`): the head's own
+  (`model`), or the seasonal prior's total over the same customers (`prior`: the head ranks, `at_prior_total`
+  rescales). With ltv_calibration=auto (the default), the prior's when its total was nearer the actual total than
+  the head's at the checks.
 - `ltv_correction_weight`: the w with the best Gini over the origins. On Online Retail II the decile MAPE at the
   backtest's check favoured the opposite w from the evaluation window's (the season changes between them), while
   the Gini ordered the w alike (docs/benchmarks.md).
@@ -177,11 +181,48 @@ def run_backtest(ltv: pd.DataFrame, cutoffs: dict[str, str], use_prior: bool, si
                   for f in families}
     gini = {f: float(np.mean([c["metrics"][f]["gini"] for c in checks])) for f in families}
     mape = {f: float(np.mean([c["metrics"][f]["decile_mape"] for c in checks])) for f in families}
+    total_error = {f: float(np.mean([_log_error(c["metrics"][f]) for c in checks])) for f in families}
     weight = choose_weight(gini) if use_prior else 1.0
     ziln = f"ziln_w{weight:g}"
     best = max((f for f in families if f == ziln or not f.startswith("ziln_")), key=lambda f: gini[f])
-    return {"origins": checks, "decided": True, "levels": levels, "calibrated_decile_mape": calibrated,
-            "gini": gini, "decile_mape": mape, "ltv_correction_weight": weight, "ziln": ziln, "best_family": best}
+    record = {"origins": checks, "decided": True, "levels": levels, "calibrated_decile_mape": calibrated,
+              "gini": gini, "decile_mape": mape, "total_error": total_error, "ltv_correction_weight": weight,
+              "ziln": ziln, "best_family": best}
+    if use_prior:  # the chosen head at the prior's total: its Gini is the head's, its total the prior's
+        record["prior_total_decile_mape"] = float(np.mean([ltv_metrics(actual[c], at_prior_total(
+            predicted[c][ziln], predicted[c]["seasonal_bgnbd_prior"]))["decile_mape"] for c in predicted]))
+    return record
+
+
+def at_prior_total(expected: np.ndarray, prior: np.ndarray) -> np.ndarray:
+    """`expected` rescaled so that its total over these customers is the prior's: the head ranks, the prior sets
+    the level."""
+    total = float(np.sum(expected))
+    return expected * (float(np.sum(prior)) / total) if total > 0 else expected
+
+
+def _log_error(metrics: dict[str, float]) -> float:
+    """|log(predicted / actual total)| at one check (inf when either is 0)."""
+    if metrics["total_predicted"] <= 0 or metrics["total_actual"] <= 0:
+        return math.inf
+    return abs(math.log(metrics["total_predicted"] / metrics["total_actual"]))
+
+
+def choose_total(record: dict, calibration: str, use_prior: bool) -> tuple[str, str]:
+    """(where the published ZILN estimates take their total from: `model` or `prior`, why)."""
+    if calibration in ("none", "level"):
+        return "model", f"total: the head's own (ltv_calibration={calibration})"
+    if not use_prior:
+        return "model", "total: the head's own (no seasonal prior to take it from)"
+    if calibration == "prior_total":
+        return "prior", "total: the seasonal prior's (ltv_calibration=prior_total)"
+    if not record.get("decided"):
+        return "model", "total: the head's own (no backtest origin to compare it with the prior's)"
+    errors = record["total_error"]
+    head, prior = errors[record["ziln"]], errors["seasonal_bgnbd_prior"]
+    off = f"at the checks the prior's total was off by {math.expm1(prior):.1%}, the head's by {math.expm1(head):.1%}"
+    return ("prior", f"total: the seasonal prior's ({off})") if prior < head else (
+        "model", f"total: the head's own ({off})")
 
 
 def choose_model(record: dict) -> tuple[str, str]:
@@ -199,33 +240,37 @@ def choose_model(record: dict) -> tuple[str, str]:
 
 
 def decide(ltv: pd.DataFrame, cutoffs: dict[str, str], use_prior: bool, sigma_max: float, width: int, seed: int,
-           weight: float | None = None, calibrate: bool = False, seasons: dict[str, float | None] | None = None,
+           weight: float | None = None, calibration: str = "auto", seasons: dict[str, float | None] | None = None,
            model: str = "auto") -> dict:
     """The backtest's record with `decisions` for the trainer (ltv_correction_weight, ltv_level), the family to
-    publish (`ltv_model`, and `ltv_model_level`: its level when calibrating, else 1) and `reasons`. `weight`: an
-    explicit correction weight (the backtest then only measures it); `calibrate`: apply the level; `model`: a family
+    publish (`ltv_model`, and `ltv_model_level`: its level when calibrating, else 1), where ZILN's total comes from
+    (`ltv_total_from`) and `reasons`. `weight`: an explicit correction weight (the backtest then only measures it);
+    `calibration`: ltv_calibration (level: apply the level; auto / prior_total: see `choose_total`); `model`: a family
     to publish whatever the backtest finds, or auto (`choose_model`)."""
     record = run_backtest(ltv, cutoffs, use_prior, sigma_max, width, seed, WEIGHTS if weight is None else (weight,),
                           seasons)
+    total_from, why_total = choose_total(record, calibration, use_prior)
     if not record["decided"]:
         chosen, published = FALLBACK_WEIGHT if weight is None else weight, "ziln" if model == "auto" else model
         record |= {"decisions": {"ltv_correction_weight": chosen, "ltv_level": 1.0}, "ltv_model": published,
-                   "ltv_model_level": 1.0,
+                   "ltv_model_level": 1.0, "ltv_total_from": total_from,
                    "reasons": [f"{record['reason']}: correction weight {chosen:g}, no level calibration, "
-                               f"{published} published"]}
+                               f"{published} published", why_total]}
         return record
+    calibrate = calibration == "level"
     ziln, level = record["ziln"], record["levels"][record["ziln"]]
     w = record["ltv_correction_weight"]
     reasons = [f"correction weight {w:g} ({'set by the run' if weight is not None else 'chosen'}: Gini "
                f"{record['gini'][ziln]:.4f} over {len(record['origins'])} origin(s))",
                f"level {level:.3f}: a ZILN head fitted H days earlier predicted {1 / level:.3f} x the actual total"
-               + ("" if calibrate else " (not applied: ltv_calibration=none)")]
+               + ("" if calibrate else f" (not applied: ltv_calibration={calibration})")]
     published, why = choose_model(record) if model == "auto" else (model, f"{model} published: set by the run")
     if published not in ("ziln", *record["gini"]):
         raise ValueError(f"ltv_model {published!r}: the backtest has no such family here ({', '.join(record['gini'])})")
     published_level = record["levels"][published] if calibrate and published != "ziln" else 1.0  # ZILN's: ltv_level
     record |= {"decisions": {"ltv_correction_weight": w, "ltv_level": level if calibrate else 1.0},
-               "ltv_model": published, "ltv_model_level": published_level, "reasons": reasons + [why]}
+               "ltv_model": published, "ltv_model_level": published_level, "ltv_total_from": total_from,
+               "reasons": reasons + [why] + ([why_total] if published == "ziln" else [])}
     return record
 
 

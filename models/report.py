@@ -13,7 +13,7 @@ import pandas as pd
 from models.charts import ltv_charts
 from models.checkpoint import LoadedModel
 from models.data import FeatureSet, Protocol
-from models.evaluate import evaluate_recommendations, ltv_predictions, predict_ltv
+from models.evaluate import evaluate_recommendations, head_estimates, ltv_predictions
 from models.metrics import ltv_metrics
 
 
@@ -24,6 +24,7 @@ class Evaluation:
     actual: np.ndarray  # actual spend of the LTV holdout's customers
     ltv_values: dict[str, np.ndarray] = field(default_factory=dict)  # each LTV model's predictions
     ndcg_per_user: dict[str, np.ndarray] = field(default_factory=dict)  # each ranking's NDCG@10 by holdout user
+    total_from_prior: bool = False  # ZILN's published total is the seasonal prior's (the LTV backtest's choice)
 
     @property
     def metrics(self) -> dict:
@@ -61,25 +62,28 @@ class ModelEvaluation:
 
 
 def evaluate_run(fs: FeatureSet, loaded: LoadedModel, protocol: Protocol,
-                 factors: tuple[np.ndarray, np.ndarray] | None = None) -> Evaluation:
+                 factors: tuple[np.ndarray, np.ndarray] | None = None, total_from_prior: bool = False) -> Evaluation:
     """The challenger and every baseline on the run's holdout (recommendations: the protocol's test window; LTV:
-    the `eval` cut-off)."""
+    the `eval` cut-off; ZILN at the prior's total with `total_from_prior`, as it is published)."""
     recommendation, ndcg = evaluate_recommendations(fs, loaded, protocol, factors=factors)
-    actual, predictions = ltv_predictions(fs, loaded)
+    actual, predictions = ltv_predictions(fs, loaded, total_from_prior=total_from_prior)
     ltv = {name: ltv_metrics(actual, value, activity) for name, (value, activity) in predictions.items()}
-    return Evaluation(recommendation, ltv, actual, {name: value for name, (value, _) in predictions.items()}, ndcg)
+    return Evaluation(recommendation, ltv, actual, {name: value for name, (value, _) in predictions.items()}, ndcg,
+                      total_from_prior)
 
 
 def evaluate_model(fs: FeatureSet, loaded: LoadedModel, protocol: Protocol, actual: np.ndarray,
-                   heads: tuple[str, ...] = ("recommendation", "ltv")) -> ModelEvaluation:
-    """One more model on the same holdout as the challenger, without the baselines, for the given heads."""
+                   heads: tuple[str, ...] = ("recommendation", "ltv"), total_from_prior: bool = False
+                   ) -> ModelEvaluation:
+    """One more model on the same holdout as the challenger, without the baselines, for the given heads (its ZILN
+    estimates at the prior's total with `total_from_prior`, like the challenger's)."""
     found = ModelEvaluation()
     if "recommendation" in heads:
         metrics, ndcg = evaluate_recommendations(fs, loaded, protocol, baselines=False)
         if "model" in metrics:
             found.recommendation, found.ndcg_per_user = metrics["model"], ndcg["model"]
     if "ltv" in heads and len(actual):
-        _, p_active, expected_value = predict_ltv(fs, loaded, "eval")
+        _, p_active, expected_value = head_estimates(fs, loaded, "eval", total_from_prior)
         found.ltv, found.ltv_values = ltv_metrics(actual, expected_value, p_active), expected_value
     return found
 

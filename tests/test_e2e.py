@@ -108,7 +108,8 @@ def latest_summary(home: Path) -> dict:
 
 def test_rerun_of_the_same_date_replaces_rows(home):
     before = query(home, "select run_date, count(*) from serving.recommendations group by run_date")
-    lenient = json.dumps(json.loads(CONF) | {"ndcg_tolerance": 1.0, "gini_tolerance": 1.0})  # 1 epoch may be worse
+    lenient = json.dumps(json.loads(CONF) | {"ndcg_tolerance": 1.0, "gini_tolerance": 1.0,  # 1 epoch may be worse
+                                             "ltv_calibration": "prior_total"})
     again = ltvrec(home, "run", "--synthetic-users", "250", "--epochs", "1", "--top-n", "5", "--training", "continue",
                    "--conf", lenient)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
@@ -123,6 +124,21 @@ def test_rerun_of_the_same_date_replaces_rows(home):
     continued = json.loads(newest.read_text())
     assert continued["mode"] == "continue" and continued["init"].startswith("warm start from")
     assert summary["training"]["decision"]["reasons"] == ["training=continue"]
+    assert_the_head_was_published_at_the_prior_total(home, summary)
+
+
+def assert_the_head_was_published_at_the_prior_total(home: Path, summary: dict):
+    """ltv_calibration=prior_total: the published estimates add up to the seasonal prior's total over the same
+    customers; the evaluation reports them and the head's own level beside them."""
+    import pyarrow.parquet as pq
+
+    assert summary["ltv_backtest"]["ltv_total_from"] == "prior"
+    assert {"ziln", "ziln_own_level"} <= set(summary["metrics"]["ltv"])
+    prior = pq.read_table(home / "runs" / summary["run_id"] / "features" / "ltv_prior").to_pandas()
+    prior_total = prior.loc[prior["cutoff"] == "score", "ltv_prior"].sum()
+    [(published,)] = query(home, "select sum(expected_value) from serving.ltv_estimates "
+                                 f"where run_date = date '{summary['run_date']}'")
+    assert published == pytest.approx(prior_total, rel=1e-6)
 
 
 def test_a_challenger_that_fails_the_model_gate_stays_registered_and_the_champion_scores(home):
