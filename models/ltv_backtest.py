@@ -18,7 +18,7 @@ What the backtest decides for the run:
 - `ltv_total_from`: where the published ZILN estimates take their total from (`choose_total`): the head's own
   (`model`), or the seasonal prior's total over the same customers (`prior`: the head ranks, `at_prior_total`
   rescales). With ltv_calibration=auto (the default), the prior's when its total was nearer the actual total than
-  the head's at the checks.
+  the head's at the checks whose prior is of the published kind (seasonal at both ends where the run's is).
 - `ltv_correction_weight`: the w with the best Gini over the origins. On Online Retail II the decile MAPE at the
   backtest's check favoured the opposite w from the evaluation window's (the season changes between them), while
   the Gini ordered the w alike (docs/benchmarks.md).
@@ -172,8 +172,9 @@ def run_backtest(ltv: pd.DataFrame, cutoffs: dict[str, str], use_prior: bool, si
         values = family_predictions(*pair, use_prior, sigma_max, width, seed, weights)
         actual[check] = frames[check]["label_value"].to_numpy(dtype=float)
         predicted[check] = values
+        like = _prior_as_published(seasons, origin, check)
         checks.append({"origin": origin, "check": check, "origin_date": cutoffs[origin], "check_date": cutoffs[check],
-                       "customers": len(actual[check]),
+                       "customers": len(actual[check]), "prior_as_published": like,
                        "metrics": {name: ltv_figures(actual[check], ev) for name, ev in values.items()}})
     families = list(predicted[usable[0][1]])
     levels = {f: _level([c["metrics"][f] for c in checks]) for f in families}
@@ -181,17 +182,26 @@ def run_backtest(ltv: pd.DataFrame, cutoffs: dict[str, str], use_prior: bool, si
                   for f in families}
     gini = {f: float(np.mean([c["metrics"][f]["gini"] for c in checks])) for f in families}
     mape = {f: float(np.mean([c["metrics"][f]["decile_mape"] for c in checks])) for f in families}
-    total_error = {f: float(np.mean([_log_error(c["metrics"][f]) for c in checks])) for f in families}
+    # judged where the check's prior is the kind the run publishes with (seasonal or not); elsewhere where none is
+    like = [c for c in checks if c["prior_as_published"]] or checks
+    total_error = {f: float(np.mean([_log_error(c["metrics"][f]) for c in like])) for f in families}
     weight = choose_weight(gini) if use_prior else 1.0
     ziln = f"ziln_w{weight:g}"
     best = max((f for f in families if f == ziln or not f.startswith("ziln_")), key=lambda f: gini[f])
     record = {"origins": checks, "decided": True, "levels": levels, "calibrated_decile_mape": calibrated,
-              "gini": gini, "decile_mape": mape, "total_error": total_error, "ltv_correction_weight": weight,
-              "ziln": ziln, "best_family": best}
+              "gini": gini, "decile_mape": mape, "total_error": total_error,
+              "total_error_checks": [c["check"] for c in like], "ltv_correction_weight": weight, "ziln": ziln,
+              "best_family": best}
     if use_prior:  # the chosen head at the prior's total: its Gini is the head's, its total the prior's
         record["prior_total_decile_mape"] = float(np.mean([ltv_metrics(actual[c], at_prior_total(
             predicted[c][ziln], predicted[c]["seasonal_bgnbd_prior"]))["decile_mape"] for c in predicted]))
     return record
+
+
+def _prior_as_published(seasons: dict[str, float | None] | None, origin: str, check: str) -> bool:
+    """Whether a pair's prior is of the kind the run's cut-offs have: seasonal at both ends where the run's prior
+    is seasonal (an origin with no year-back reference makes its pair plain BG/NBD + GG, `plain_prior`)."""
+    return not seasons or (seasons.get(origin) is not None and seasons.get(check) is not None)
 
 
 def at_prior_total(expected: np.ndarray, prior: np.ndarray) -> np.ndarray:
@@ -220,7 +230,8 @@ def choose_total(record: dict, calibration: str, use_prior: bool) -> tuple[str, 
         return "model", "total: the head's own (no backtest origin to compare it with the prior's)"
     errors = record["total_error"]
     head, prior = errors[record["ziln"]], errors["seasonal_bgnbd_prior"]
-    off = f"at the checks the prior's total was off by {math.expm1(prior):.1%}, the head's by {math.expm1(head):.1%}"
+    off = (f"at {', '.join(record['total_error_checks'])} the prior's total was off by {math.expm1(prior):.1%}, the "
+           f"head's by {math.expm1(head):.1%}")
     return ("prior", f"total: the seasonal prior's ({off})") if prior < head else (
         "model", f"total: the head's own ({off})")
 

@@ -254,3 +254,14 @@ def test_auto_takes_the_total_from_the_prior_only_where_it_was_nearer_at_the_che
     assert decide(seasonal, CUTOFFS, True, 2.0, 16, seed=3, weight=1.0, calibration="none")["ltv_total_from"] == "model"
     assert decide(ltv, CUTOFFS, True, 2.0, 16, seed=3, weight=1.0, calibration="prior_total")["ltv_total_from"] == "prior"
     assert decide(ltv, CUTOFFS, False, 2.0, 16, seed=3, calibration="prior_total")["ltv_total_from"] == "model"
+
+
+def test_the_total_is_judged_where_the_checks_prior_is_the_kind_the_run_publishes():
+    """backtest_2 has no year-back reference, so its pair compares plain priors: the prior's total is judged at
+    backtest_1 -> train only, where the prior is seasonal like the run's."""
+    ltv = population(STEADY, n=600)
+    seasons = {"backtest_2": None, "backtest_1": 1.2, "train": 0.9, "eval": 1.1, "score": 1.0}
+    record = decide(ltv, CUTOFFS, True, 2.0, 16, seed=3, weight=1.0, seasons=seasons)
+    assert [c["prior_as_published"] for c in record["origins"]] == [True, False]
+    assert record["total_error_checks"] == ["train"]
+    assert record["reasons"][-1].startswith("total: ") and "at train the prior's total" in record["reasons"][-1]
