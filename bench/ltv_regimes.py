@@ -5,8 +5,9 @@ regime, and every LTV model's figures at the evaluation cut-off against the issu
 
 Per regime: normalized Gini, decile MAPE and predicted / actual total of ZILN, boosted trees, BG/NBD +
 Gamma-Gamma, the seasonal prior and naive past spend; the LTV backtest's decisions, levels and published family
-(`published`: ZILN unless the backtest picked another); and whether the published estimate beats BG/NBD + GG, the boosted trees and naive on Gini, BG/NBD + GG on decile MAPE, and has its
-total within 10% of actual. State goes to a temporary LTVREC_HOME per regime.
+(`published`: ZILN unless the backtest picked another) and where its total came from; and whether the published
+estimate beats BG/NBD + GG, the boosted trees and naive on Gini, BG/NBD + GG on decile MAPE, and has its total
+within 10% of actual. State goes to a temporary LTVREC_HOME per regime.
 """
 
 from __future__ import annotations

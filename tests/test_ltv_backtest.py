@@ -251,9 +251,12 @@ def test_auto_takes_the_total_from_the_prior_only_where_it_was_nearer_at_the_che
     assert record["ltv_total_from"] == "prior" and record["reasons"][-1].startswith("total: the seasonal prior's")
     assert record["total_error"]["seasonal_bgnbd_prior"] < record["total_error"]["ziln_w1"]
     assert decide(ltv, CUTOFFS, True, 2.0, 16, seed=3, weight=1.0)["ltv_total_from"] == "model"
-    assert decide(seasonal, CUTOFFS, True, 2.0, 16, seed=3, weight=1.0, calibration="none")["ltv_total_from"] == "model"
-    assert decide(ltv, CUTOFFS, True, 2.0, 16, seed=3, weight=1.0, calibration="prior_total")["ltv_total_from"] == "prior"
-    assert decide(ltv, CUTOFFS, False, 2.0, 16, seed=3, calibration="prior_total")["ltv_total_from"] == "model"
+    from models.ltv_backtest import choose_total
+
+    assert choose_total(record, "none", use_prior=True)[0] == choose_total(record, "level", True)[0] == "model"
+    assert choose_total(record | {"decided": False}, "prior_total", True)[0] == "prior"
+    assert choose_total(record, "prior_total", use_prior=False)[0] == "model"  # no prior to take a total from
+    assert choose_total({"decided": False}, "auto", True)[0] == "model"  # nothing measured: the head's own
 
 
 def test_the_total_is_judged_where_the_checks_prior_is_the_kind_the_run_publishes():
