@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from models.ltv_prior import PRIOR_COLUMNS
+
 LTV_FEATURES = [
     "n_purchases", "n_purchase_days", "net_spend", "gross_spend", "returned_spend", "recency_days",
     "tenure_days", "n_events", "n_items", "spend_30d", "spend_90d", "spend_past_h", "avg_order_value",
@@ -33,6 +35,12 @@ def in_stock(items: pd.DataFrame) -> np.ndarray:
     if "in_stock" not in items:
         return np.ones(len(items), dtype=bool)
     return items["in_stock"].fillna(True).to_numpy(dtype=bool)
+
+
+def ltv_head_features(use_prior: bool) -> list[str]:
+    """The features the ZILN head reads (and the boosted trees beside it): the RFM features, and the prior's columns
+    where the head corrects a prior (models/ltv_prior.py)."""
+    return LTV_FEATURES + (PRIOR_COLUMNS if use_prior else [])
 
 
 def load_ltv(features_dir: Path) -> pd.DataFrame:
@@ -143,6 +151,10 @@ class FeatureSet:
     def ltv_train_cutoffs(self) -> list[str]:
         """Names of the LTV training cut-offs (train = D-2H, then train_1 = D-3H, ...)."""
         return [name for name in self.split["ltv_cutoffs"] if name == "train" or name.startswith("train_")]
+
+    def ltv_train_frame(self) -> pd.DataFrame:
+        """The LTV rows of every training cut-off, one frame."""
+        return pd.concat([self.ltv_frame(name) for name in self.ltv_train_cutoffs()], ignore_index=True)
 
     def ltv_frame(self, cutoff: str) -> pd.DataFrame:
         """LTV rows of one cut-off ('train', 'eval' or 'score'), with the user's sequence position."""

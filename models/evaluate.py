@@ -9,7 +9,6 @@ LTV: features at the `eval` cut-off (D - H) against actual net spend in [D - H, 
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import torch
 
 from models.checkpoint import LoadedModel
@@ -153,9 +152,9 @@ def ltv_predictions(fs: FeatureSet, loaded: LoadedModel, with_btyd: bool = True,
     naive = np.maximum(frame["spend_past_h"].to_numpy(dtype=float), 0.0)
     predictions = {"ziln": (ev, p), "naive_past_spend": (naive, naive)}
     if total_from_prior:
-        published = at_prior_total(ev, frame["ltv_prior"].to_numpy(dtype=float))
-        predictions = {"ziln": (published, p), "ziln_own_level": (ev, p), "naive_past_spend": (naive, naive)}
-    train = pd.concat([fs.ltv_frame(name) for name in fs.ltv_train_cutoffs()], ignore_index=True)
+        predictions["ziln_own_level"] = (ev, p)
+        predictions["ziln"] = (at_prior_total(ev, frame["ltv_prior"].to_numpy(dtype=float)), p)
+    train = fs.ltv_train_frame()
     with_prior = "ltv_prior" in frame and bool(frame["ltv_prior"].notna().all())
     if fittable(train):  # the same fit as the one the score stage publishes when the backtest picks it
         gbdt = fit_family("gbdt", train, with_prior)(frame)

@@ -9,8 +9,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from models.config import TrainConfig
-from models.data import LTV_FEATURES, FeatureScaler, FeatureSet, epoch, pad_left
-from models.ltv_prior import PRIOR_COLUMNS
+from models.data import FeatureScaler, FeatureSet, epoch, ltv_head_features, pad_left
 
 
 def first_occurrence(items: np.ndarray) -> np.ndarray:
@@ -214,8 +213,8 @@ class NegativeSampler:
 
 def fit_scaler(fs: FeatureSet, use_prior: bool) -> FeatureScaler:
     """The LTV features' scaling, from the training cut-offs' customers (the identity when there are none)."""
-    features = LTV_FEATURES + (PRIOR_COLUMNS if use_prior else [])
-    train_ltv = pd.concat([fs.ltv_frame(name) for name in fs.ltv_train_cutoffs()], ignore_index=True)
+    features = ltv_head_features(use_prior)
+    train_ltv = fs.ltv_train_frame()
     if train_ltv.empty:
         return FeatureScaler(np.zeros(len(features)), np.ones(len(features)), features)
     return FeatureScaler.fit(train_ltv, features)

@@ -37,8 +37,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from models.data import LTV_FEATURES, FeatureScaler
-from models.ltv_prior import PRIOR_COLUMNS, floored
+from models.data import FeatureScaler, ltv_head_features
+from models.ltv_prior import floored
 from models.metrics import ltv_metrics
 from models.sasrec import ltv_head, shrink_to_prior, ziln_expected_value, ziln_loss, ziln_sigma
 
@@ -118,15 +118,10 @@ BASELINE_COLUMNS = {"naive_past_spend": "spend_past_h", "bgnbd_gamma_gamma": "bt
                     "seasonal_bgnbd_prior": "ltv_prior"}  # the families read from a feature column, no fit
 
 
-def family_features(use_prior: bool) -> list[str]:
-    """The features the ZILN head and the boosted trees read."""
-    return LTV_FEATURES + (PRIOR_COLUMNS if use_prior else [])
-
-
 def fit_family(family: str, train: pd.DataFrame, use_prior: bool, seed: int = 0):
     """predict(frame) -> expected values of a family other than ZILN; `gbdt` is fitted on `train`."""
     if family == "gbdt":
-        return fit_gbdt(train, family_features(use_prior), seed)
+        return fit_gbdt(train, ltv_head_features(use_prior), seed)
     column = BASELINE_COLUMNS[family]
     return lambda frame: np.maximum(frame[column].to_numpy(dtype=float), 0.0)
 
@@ -134,7 +129,7 @@ def fit_family(family: str, train: pd.DataFrame, use_prior: bool, seed: int = 0)
 def family_predictions(origin: pd.DataFrame, check: pd.DataFrame, use_prior: bool, sigma_max: float, width: int,
                        seed: int, weights: tuple[float, ...] = WEIGHTS) -> dict[str, np.ndarray]:
     """Every family's expected values for the `check` customers, fitted on the `origin` customers."""
-    ziln = fit_ziln(origin, family_features(use_prior), use_prior, sigma_max, width, seed, weights)(check)
+    ziln = fit_ziln(origin, ltv_head_features(use_prior), use_prior, sigma_max, width, seed, weights)(check)
     out = {f"ziln_w{w:g}": ev for w, ev in ziln.items()}
     baselines = ["gbdt", "naive_past_spend"] + (["bgnbd_gamma_gamma", "seasonal_bgnbd_prior"] if use_prior else [])
     return out | {family: fit_family(family, origin, use_prior, seed)(check) for family in baselines}
@@ -144,7 +139,7 @@ def published_estimates(fs, family: str, use_prior: bool, level: float = 1.0, cu
     """A family's expected values at a cut-off by user_id (models.data.FeatureSet `fs`), fitted where the network's
     LTV head is (the training cut-offs, with the evaluation's seed: the published boosted trees are those the
     evaluate stage measured), times `level`."""
-    train = pd.concat([fs.ltv_frame(name) for name in fs.ltv_train_cutoffs()], ignore_index=True)
+    train = fs.ltv_train_frame()
     if family == "gbdt" and not fittable(train):
         raise ValueError(f"ltv_model gbdt: the training cut-offs have {len(train)} customers and no spend to fit on")
     frame = fs.ltv_frame(cutoff)

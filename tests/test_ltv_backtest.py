@@ -215,8 +215,8 @@ class Cutoffs:
     def ltv_frame(self, cutoff: str) -> pd.DataFrame:
         return self.ltv[self.ltv["cutoff"] == cutoff].reset_index(drop=True)
 
-    def ltv_train_cutoffs(self) -> list[str]:
-        return ["train"]
+    def ltv_train_frame(self) -> pd.DataFrame:
+        return self.ltv_frame("train")
 
 
 def test_published_estimates_are_the_family_at_the_scoring_cutoff_times_the_level():
