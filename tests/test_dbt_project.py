@@ -207,7 +207,7 @@ def test_build_ran_every_kind_of_node(built):
         kinds.setdefault(str(node_result.node.resource_type), []).append(str(node_result.status))
     assert all(status in {"success", "pass"} for statuses in kinds.values() for status in statuses), kinds
     assert {"model", "test", "unit_test"} <= set(kinds)
-    assert len(kinds["model"]) == 12
+    assert len(kinds["model"]) == 13
     unit_tests = {r.node.name for r in built["result"].result if r.node.resource_type == "unit_test"}
     assert unit_tests == {
         "int_events_checked_rejects_duplicates_and_future_events",
@@ -215,6 +215,7 @@ def test_build_ran_every_kind_of_node(built):
         "int_events_checked_defers_a_later_runs_events",
         "int_items_checked_keeps_the_first_row_of_each_item",
         "recommendation_outcomes_count_the_window_after_the_run_date",
+        "recommendation_user_outcomes_score_each_user",
         "model_performance_scores_hand_made_outcomes",
     }
     singular = {r.node.name for r in built["result"].result if r.node.resource_type == "test"}
@@ -234,6 +235,7 @@ def test_models_land_in_plain_schemas(built):
         ("marts", "items_quarantine"),
         ("marts", "quarantine_summary"),
         ("marts", "recommendation_outcomes"),
+        ("marts", "recommendation_user_outcomes"),
         ("serving", "model_performance"),
         ("serving", "recommendations"),  # published by ltvrec, read by the two above
         ("serving", "ltv_estimates"),

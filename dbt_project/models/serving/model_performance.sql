@@ -1,12 +1,11 @@
 -- Grain: one row per published run date and model version: how the recommendations and LTV estimates that version
 -- published for that date turned out in the clean events after it. Recommendation figures once a day of the
--- outcome window (var outcome_days) is in the events (window_complete: all of it), LTV figures once the whole
--- horizon is. Relevant to a user: the items the user first touched in the window, the only kind a top-N of
--- unseen items can hit.
+-- outcome window (var outcome_days) is in the events (window_complete: all of it), averaged over the users of
+-- marts.recommendation_user_outcomes; LTV figures once the whole horizon is.
 {%- set outcome_days = ltvrec_number_var('outcome_days', none) %}
-with outcomes as (
+with user_outcomes as (
 
-    select * from {{ ref('recommendation_outcomes') }}
+    select * from {{ ref('recommendation_user_outcomes') }}
 
 ),
 
@@ -22,83 +21,21 @@ params as (
 
 ),
 
-first_touches as (
-
-    select user_id, item_id, min(event_ts) as first_ts
-    from events
-    group by user_id, item_id
-
-),
-
-relevant as (
-
-    select run_dates.run_date, first_touches.user_id, count(*) as n_relevant
-    from (select distinct run_date from outcomes) as run_dates
-    inner join first_touches
-        on first_touches.first_ts >= cast(run_dates.run_date as timestamp)
-        and first_touches.first_ts < cast(run_dates.run_date + {{ outcome_days }} as timestamp)
-    group by run_dates.run_date, first_touches.user_id
-
-),
-
-per_user as (
+recommendation_performance as (
 
     select
         run_date,
         model_version,
-        user_id,
-        max(case when interacted then 1 else 0 end)                                               as hit,
-        sum(case when interacted then 1 / (ln(cast(rank + 1 as double precision)) / ln(cast(2 as double precision))) else 0 end) as dcg,
-        sum(revenue)                                                                              as revenue
-    from outcomes
-    group by run_date, model_version, user_id
-
-),
-
-runs as (
-
-    select run_date, model_version, max(model_name) as model_name, max(rank) as top_n,
-        bool_and(window_complete) as window_complete
-    from outcomes
+        max(model_name)                                     as model_name,
+        max(top_n)                                          as top_n,
+        bool_and(window_complete)                           as window_complete,
+        count(*)                                            as users_covered,
+        count(case when active then 1 end)                  as users_active,
+        count(case when active and hit then 1 end)          as users_hit,
+        avg(ndcg_at_n)                                      as ndcg_at_n,
+        sum(revenue)                                        as revenue_at_n
+    from user_outcomes
     group by run_date, model_version
-
-),
-
-ideal as (
-
-    select per_user.run_date, per_user.model_version, per_user.user_id,
-        sum(1 / (ln(cast(ranks.rank + 1 as double precision)) / ln(cast(2 as double precision)))) as idcg
-    from per_user
-    inner join runs
-        on runs.run_date = per_user.run_date and runs.model_version = per_user.model_version
-    inner join relevant
-        on relevant.run_date = per_user.run_date and relevant.user_id = per_user.user_id
-    inner join (select distinct rank from outcomes) as ranks
-        on ranks.rank <= relevant.n_relevant and ranks.rank <= runs.top_n
-    group by per_user.run_date, per_user.model_version, per_user.user_id
-
-),
-
-recommendation_performance as (
-
-    select
-        runs.run_date,
-        runs.model_version,
-        runs.model_name,
-        runs.top_n,
-        runs.window_complete,
-        count(*)                                                        as users_covered,
-        count(ideal.user_id)                                            as users_active,
-        sum(case when ideal.user_id is not null then per_user.hit end)  as users_hit,
-        avg(per_user.dcg / ideal.idcg)                                  as ndcg_at_n,
-        sum(per_user.revenue)                                           as revenue_at_n
-    from runs
-    inner join per_user
-        on per_user.run_date = runs.run_date and per_user.model_version = runs.model_version
-    left join ideal
-        on ideal.run_date = per_user.run_date and ideal.model_version = per_user.model_version
-        and ideal.user_id = per_user.user_id
-    group by runs.run_date, runs.model_version, runs.model_name, runs.top_n, runs.window_complete
 
 ),
 
@@ -205,5 +142,5 @@ full outer join ltv_performance
 left join decile_error
     on decile_error.run_date = ltv_performance.run_date
     and decile_error.model_version = ltv_performance.model_version
-left join (select run_date, max(model_name) as model_name from outcomes group by run_date) as run_models
+left join (select run_date, max(model_name) as model_name from user_outcomes group by run_date) as run_models
     on run_models.run_date = coalesce(recommendation_performance.run_date, ltv_performance.run_date)
