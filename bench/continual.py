@@ -1,7 +1,7 @@
 """Does continual learning pay? Online Retail II replayed week by week under three training policies (issue 17).
 
     .venv/bin/python bench/continual.py [--path ../shared/data/online_retail_II.parquet] [--weeks 8] [--out FILE]
-        [--source warehouse|online_retail] [--jobs 1]
+        [--source warehouse|online_retail] [--jobs 1] [--keep DIR]
 
 The events reach the runs through the warehouse source (default): the file, as a team would keep it in its warehouse
 (`shop.events` with a load time, `shop.items`), read where it is by every run; `--source online_retail` reads the
@@ -19,7 +19,8 @@ seconds, as the policies share the cores (training stops on validation, not on t
 budget). At the end, dbt runs once more in each policy's warehouse on the whole file, so serving.model_performance
 holds the realised figures of every published week. Prints JSON: per policy and week, the published version, the
 realised HR@10, NDCG@10 and revenue@10 (and LTV Gini once a horizon has passed), training seconds; per policy, the
-means; the frozen model's decay per week; and the issue's aims checked.
+means; the policies' paired differences of realised NDCG@10 (user by user on the same run dates, with a 95%
+bootstrap interval); the frozen model's decay per week; and the issue's aims checked.
 """
 
 from __future__ import annotations
@@ -116,8 +117,9 @@ def week_record(summary: dict) -> dict:
             "offline_ndcg_10": summary["metrics"]["recommendation"].get("model", {}).get("ndcg_10")}
 
 
-def measure(home: Path, source: str, path: str, events_end: date) -> dict[str, dict]:
-    """dbt on all the events in the policy's warehouse: serving.model_performance of every published date."""
+def measure(home: Path, source: str, path: str, events_end: date) -> tuple[dict[str, dict], dict[tuple, float]]:
+    """dbt on all the events in the policy's warehouse: serving.model_performance of every published date, and each
+    active user's realised NDCG@10 by (run date, user) from marts.recommendation_user_outcomes."""
     from ltvrec import cleaning, sources, stages
     from ltvrec.config import RunConfig
 
@@ -129,8 +131,29 @@ def measure(home: Path, source: str, path: str, events_end: date) -> dict[str, d
     cleaning.dbt_build(wh, cleaning.dbt_vars(as_of, outcome_days=OUTCOME_DAYS, raw=raw), home / "measure" / "target",
                        home / "measure" / "logs")
     rows = wh.query("select * from serving.model_performance").to_pylist()
-    return {str(r["run_date"])[:10]: {k: r[k] for k in REALISED} | {"model_version": r["model_version"]}
-            for r in rows if r["users_covered"]}
+    users = wh.query("select run_date, user_id, ndcg_at_n from marts.recommendation_user_outcomes where active")
+    return ({str(r["run_date"])[:10]: {k: r[k] for k in REALISED} | {"model_version": r["model_version"]}
+             for r in rows if r["users_covered"]},
+            {(str(r["run_date"])[:10], r["user_id"]): r["ndcg_at_n"] for r in users.to_pylist()})
+
+
+def paired_difference(a: dict[tuple, float], b: dict[tuple, float], dates: list[str], resamples: int = 2000,
+                      seed: int = 0) -> dict | None:
+    """Mean over `dates` of the weekly mean of a - b, the two policies' NDCG@10 of the same user on the same run
+    date, with a 95% bootstrap interval (users resampled within each week): how far apart the policies are, beside
+    how far week-to-week noise could put them."""
+    weeks = [np.array([a[key] - b[key] for key in a if key[0] == d and key in b]) for d in dates]
+    weeks = [w for w in weeks if len(w)]
+    if not weeks:
+        return None
+    rng = np.random.default_rng(seed)
+    draws = np.mean([[w[rng.integers(0, len(w), len(w))].mean() for _ in range(resamples)] for w in weeks], axis=0)
+    low, high = np.percentile(draws, [2.5, 97.5])
+    return {"mean": round(float(np.mean([w.mean() for w in weeks])), 4), "ci95": [round(float(low), 4),
+            round(float(high), 4)], "weeks": len(weeks), "users": int(sum(len(w) for w in weeks))}
+
+
+PAIRS = (("continue", "scratch"), ("continue", "frozen"), ("scratch", "frozen"))
 
 
 def last_event_day(path: str) -> date:
@@ -162,6 +185,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="also write the JSON here")
     ap.add_argument("--source", default="warehouse", choices=["warehouse", "online_retail"],
                     help="how the runs read the events: the warehouse source's table, or the file")
+    ap.add_argument("--keep", type=Path, help="a new folder to keep the runs' state in (default: a temporary one)")
     ap.add_argument("--jobs", type=int, default=1,
                     help="policies whose later weeks run side by side (their training seconds then share the cores)")
     args = ap.parse_args()
@@ -172,41 +196,54 @@ def main() -> None:
     last = events_end - timedelta(days=OUTCOME_DAYS)  # the last run date whose outcome window the data covers
     dates = [(last - timedelta(weeks=args.weeks - 1 - k)).isoformat() for k in range(args.weeks)]
     out = {"dataset": "online_retail_II", "source": args.source, "machine_cpus": os.cpu_count(), "run_dates": dates,
-           "outcome_days": OUTCOME_DAYS, "concurrent_policies": args.jobs, "policies": {}}
-    source = source_args(args.source, path)
-    with tempfile.TemporaryDirectory(prefix="ltvrec-continual-") as tmp:
-        base = Path(tmp) / "first"
-        if args.source == "warehouse":
-            load_shop(base, path)  # copied with the rest of `base` into each policy's home
-        first_wall = ltvrec(base, "run", *source, "--run-date", dates[0],
-                            "--conf", json.dumps(COMMON | {"training": "scratch"}))
-        first = week_record(summaries(base, dates[:1])[0])
-        homes = {policy: Path(tmp) / policy for policy in args.policies}
-        for home in homes.values():
-            shutil.copytree(base, home)  # MLflow's artifacts stay under `base`: its runs' URIs point there
-
-        def backfill(policy: str) -> float:
-            wall = ltvrec(homes[policy], "backfill", "--from", dates[1], "--to", dates[-1], "--every", "7d", *source,
-                          "--conf", json.dumps(COMMON | POLICIES[policy]))
-            print(json.dumps({policy: [week_record(s) for s in summaries(homes[policy], dates[1:])],
-                              "backfill_wall_seconds": wall}), file=sys.stderr, flush=True)
-            return wall
-
-        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            walls = dict(zip(args.policies, pool.map(backfill, args.policies)))
-        for policy, home in homes.items():
-            wall = walls[policy]
-            weeks = [dict(first)] + [week_record(s) for s in summaries(home, dates[1:])]
-            realised = measure(home, args.source, path, events_end)
-            for week in weeks:
-                week["realised"] = realised.get(week["run_date"], {})
-            out["policies"][policy] = {"weeks": weeks, "summary": summarise(weeks),
-                                       "first_run_wall_seconds": first_wall, "backfill_wall_seconds": wall}
+           "outcome_days": OUTCOME_DAYS, "concurrent_policies": args.jobs}
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=False)
+        out |= replay(args.keep, path, args.source, dates, args.policies, args.jobs, events_end)
+    else:
+        with tempfile.TemporaryDirectory(prefix="ltvrec-continual-") as tmp:
+            out |= replay(Path(tmp), path, args.source, dates, args.policies, args.jobs, events_end)
     out |= verdict(out["policies"])
     text = json.dumps(out, indent=2, default=str)
     if args.out:
         args.out.write_text(text)
     print(text)
+
+
+def replay(work: Path, path: str, source: str, dates: list[str], policies: list[str], jobs: int,
+           events_end: date) -> dict:
+    """The first week once in `work`/first, then each policy's later weeks in a copy of it (`jobs` at a time), then
+    each policy's realised figures: per week, per policy, and the policies' paired differences."""
+    base, args = work / "first", source_args(source, path)
+    if source == "warehouse":
+        load_shop(base, path)  # copied with the rest of `base` into each policy's home
+    first_wall = ltvrec(base, "run", *args, "--run-date", dates[0],
+                        "--conf", json.dumps(COMMON | {"training": "scratch"}))
+    first = week_record(summaries(base, dates[:1])[0])
+    homes = {policy: work / policy for policy in policies}
+    for home in homes.values():
+        shutil.copytree(base, home)  # MLflow's artifacts stay under `base`: its runs' URIs point there
+
+    def backfill(policy: str) -> float:
+        wall = ltvrec(homes[policy], "backfill", "--from", dates[1], "--to", dates[-1], "--every", "7d", *args,
+                      "--conf", json.dumps(COMMON | POLICIES[policy]))
+        print(json.dumps({policy: [week_record(s) for s in summaries(homes[policy], dates[1:])],
+                          "backfill_wall_seconds": wall}), file=sys.stderr, flush=True)
+        return wall
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        walls = dict(zip(policies, pool.map(backfill, policies)))
+    out, per_user = {}, {}
+    for policy, home in homes.items():
+        weeks = [dict(first)] + [week_record(s) for s in summaries(home, dates[1:])]
+        realised, per_user[policy] = measure(home, source, path, events_end)
+        for week in weeks:
+            week["realised"] = realised.get(week["run_date"], {})
+        out[policy] = {"weeks": weeks, "summary": summarise(weeks), "first_run_wall_seconds": first_wall,
+                       "backfill_wall_seconds": walls[policy]}
+    paired = {f"{a}_minus_{b}": paired_difference(per_user[a], per_user[b], dates[1:])
+              for a, b in PAIRS if a in per_user and b in per_user}
+    return {"policies": out, "paired_ndcg_at_10": paired}
 
 
 def verdict(policies: dict) -> dict:
