@@ -31,3 +31,16 @@ def test_the_interval_covers_the_true_gap_and_shrinks_with_more_users():
     assert large["ci95"][1] - large["ci95"][0] < (small["ci95"][1] - small["ci95"][0]) / 4
     identical = paired_difference(*[{("d1", "u1"): 0.3, ("d1", "u2"): 0.7}] * 2, ["d1"])
     assert identical["mean"] == 0 and identical["ci95"] == [0, 0]
+
+
+def test_the_verdict_says_whether_noise_decides_the_gap_to_scratch():
+    from continual import verdict
+
+    def said(low, high):
+        return verdict({}, {"continue_minus_scratch": {"mean": (low + high) / 2, "ci95": [low, high]}})["aims"][
+            "continue_vs_scratch_beyond_noise"]
+
+    assert said(-0.004, 0.01) == "within 0.005"
+    assert said(-0.02, -0.006) == "more than 0.005 below"
+    assert said(-0.02, 0.01) == "undecided"
+    assert "continue_vs_scratch_beyond_noise" not in verdict({})["aims"]
