@@ -140,17 +140,24 @@ def measure(home: Path, source: str, path: str, events_end: date) -> tuple[dict[
 def paired_difference(a: dict[tuple, float], b: dict[tuple, float], dates: list[str], resamples: int = 2000,
                       seed: int = 0) -> dict | None:
     """Mean over `dates` of the weekly mean of a - b, the two policies' NDCG@10 of the same user on the same run
-    date, with a 95% bootstrap interval (users resampled within each week): how far apart the policies are, beside
-    how far week-to-week noise could put them."""
-    weeks = [np.array([a[key] - b[key] for key in a if key[0] == d and key in b]) for d in dates]
-    weeks = [w for w in weeks if len(w)]
-    if not weeks:
+    date, with a 95% bootstrap interval (models/compare.py's, the user-weeks resampled): how far apart the policies
+    are, beside how far the users' noise could put them."""
+    from models.compare import bootstrap_interval
+
+    keys = [key for key in a if key[0] in dates and key in b]
+    if not keys:
         return None
-    rng = np.random.default_rng(seed)
-    draws = np.mean([[w[rng.integers(0, len(w), len(w))].mean() for _ in range(resamples)] for w in weeks], axis=0)
-    low, high = np.percentile(draws, [2.5, 97.5])
-    return {"mean": round(float(np.mean([w.mean() for w in weeks])), 4), "ci95": [round(float(low), 4),
-            round(float(high), 4)], "weeks": len(weeks), "users": int(sum(len(w) for w in weeks))}
+    diff = np.array([a[key] - b[key] for key in keys])
+    weeks = np.unique([key[0] for key in keys], return_inverse=True)[1]
+    n_weeks = weeks.max() + 1
+
+    def gain(counts: np.ndarray) -> float:
+        with np.errstate(invalid="ignore"):  # a week none of whose users was drawn: NaN, a draw the interval drops
+            return float(np.mean(np.bincount(weeks, counts * diff, n_weeks) / np.bincount(weeks, counts, n_weeks)))
+
+    low, high = bootstrap_interval(gain, len(diff), resamples, 0.95, seed)
+    return {"mean": round(gain(np.ones(len(diff))), 4), "ci95": [round(low, 4), round(high, 4)],
+            "weeks": int(n_weeks), "users": len(diff)}
 
 
 PAIRS = (("continue", "scratch"), ("continue", "frozen"), ("scratch", "frozen"))

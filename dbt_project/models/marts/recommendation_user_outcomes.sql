@@ -25,12 +25,12 @@ first_touches as (
 
 relevant as (
 
-    select run_dates.run_date, run_dates.outcome_days, first_touches.user_id, count(*) as n_relevant
+    select run_dates.run_date, first_touches.user_id, count(*) as n_relevant
     from (select distinct run_date, outcome_days from outcomes) as run_dates
     inner join first_touches
         on first_touches.first_ts >= cast(run_dates.run_date as timestamp)
         and first_touches.first_ts < cast(run_dates.run_date + run_dates.outcome_days as timestamp)
-    group by run_dates.run_date, run_dates.outcome_days, first_touches.user_id
+    group by run_dates.run_date, first_touches.user_id
 
 ),
 
