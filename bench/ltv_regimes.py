@@ -2,12 +2,13 @@
 regime, and every LTV model's figures at the evaluation cut-off against the issue's targets (JSON).
 
     .venv/bin/python bench/ltv_regimes.py [--regimes steady ageing growing seasonal] [--users 3000] [--days 730]
+        [--keep DIR]
 
 Per regime: normalized Gini, decile MAPE and predicted / actual total of ZILN, boosted trees, BG/NBD +
 Gamma-Gamma, the seasonal prior and naive past spend; the LTV backtest's decisions, levels and published family
 (`published`: ZILN unless the backtest picked another) and where its total came from; and whether the published
 estimate beats BG/NBD + GG, the boosted trees and naive on Gini, BG/NBD + GG on decile MAPE, and has its total
-within 10% of actual. State goes to a temporary LTVREC_HOME per regime.
+within 10% of actual. State goes to a temporary LTVREC_HOME per regime, or to DIR/<regime> with --keep.
 """
 
 from __future__ import annotations
@@ -73,11 +74,15 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=3000)
     ap.add_argument("--days", type=int, default=730, help="two years: the seasonal prior needs a year and H days")
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--keep", type=Path, help="a new folder to keep each regime's LTVREC_HOME in")
     args = ap.parse_args()
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=False)
     out = {"users": args.users, "days": args.days, "seed": args.seed, "regimes": {}}
     for regime in args.regimes:
-        with tempfile.TemporaryDirectory(prefix=f"ltvrec-{regime}-") as home:
-            out["regimes"][regime] = run_regime(regime, args.users, args.days, args.seed, Path(home))
+        with tempfile.TemporaryDirectory(prefix=f"ltvrec-{regime}-") as scratch:
+            home = args.keep / regime if args.keep else Path(scratch)
+            out["regimes"][regime] = run_regime(regime, args.users, args.days, args.seed, home)
         print(f"{regime}: {json.dumps(out['regimes'][regime]['targets'])}", file=sys.stderr)
     print(json.dumps(out, indent=1))
 
