@@ -176,9 +176,10 @@ class RunConfig:
                                      "ltv", minimum=0)
     ltv_calibration: str = knob("auto", "the published ZILN estimates' total: the head's own (none), times the level "
                                 "the LTV backtest found such a head off by H days later (level), the seasonal "
-                                "prior's (prior_total), or auto: the prior's where it was nearer the actual total "
-                                "than the head's in the backtest", "ltv",
-                                choices=("auto", "none", "level", "prior_total"))
+                                "prior's (prior_total), BG/NBD + Gamma-Gamma's times its ratio to actual spend in the "
+                                "latest label window (recent_total), or auto: whichever of the last two was nearer "
+                                "the actual totals at the LTV backtest's checks", "ltv",
+                                choices=("auto", "none", "level", "prior_total", "recent_total"))
     ltv_model: str = knob("auto", "LTV family whose estimates are published; auto: the LTV backtest's pick (ZILN "
                           "unless another beat its Gini there with no worse decile MAPE)", "ltv", choices=LTV_MODELS)
     # scoring

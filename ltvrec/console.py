@@ -150,8 +150,8 @@ def headline(name: str, rec: dict) -> str:
         decided, found = rec.get("decisions", {}), rec.get("levels", {}).get(rec.get("ziln"), 1.0)
         applied = "applied" if decided.get("ltv_level", 1.0) != 1.0 else "not applied"
         published = rec.get("ltv_model", "ziln")
-        if published == "ziln" and rec.get("ltv_total_from") == "prior":
-            published += " at the prior's total"
+        if published == "ziln" and rec.get("ltv_total_from", "model") != "model":
+            published += f" at the {rec['ltv_total_from']} total"
         return (f"{len(rec.get('origins', []))} origin(s): correction weight "
                 f"{decided.get('ltv_correction_weight', 0):g}, level {found:.3f} ({applied}), best "
                 f"{rec.get('best_family')}, publishes {published}")

@@ -139,7 +139,7 @@ def evaluate_champions(cfg, fs, protocol, report) -> dict[str, dict]:
                 "horizon_days": loaded.horizon_days, "ltv_user_dim": loaded.model.cfg.ltv_user_dim,
                 "d_model": loaded.model.cfg.d_model}
             report.add_model("champion", evaluate_model(fs, loaded, protocol, report.actual, heads,
-                                                        report.total_from_prior))
+                                                        report.total_from))
         except Exception as exc:  # e.g. a champion from an older feature set: unfit, and the gate says why
             log.warning("champion v%s of %s could not be evaluated: %r", version, cfg.registered_model, exc)
             report.add_model("champion", ModelEvaluation())

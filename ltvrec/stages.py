@@ -299,6 +299,8 @@ def flat_backtest_metrics(record: dict) -> dict[str, float]:
     for name in ("gini", "decile_mape", "calibrated_decile_mape", "levels", "total_error"):
         for family, value in record.get(name, {}).items():
             out[f"backtest_{family.replace('.', '_')}_{name.removesuffix('s')}"] = value
+    for source, found in record.get("total_sources", {}).items():
+        out[f"backtest_{source}_total_error"] = found["error"]
     return out
 
 
@@ -452,7 +454,7 @@ def evaluate(run: RunDir) -> dict:
         evaluated = {"model_versions": versions}
     else:
         report = evaluate_run(fs, LoadedModel.from_file(run.final_checkpoint), protocol, factors,
-                              total_from_prior=ltv_total_from(run) == "prior")
+                              total_from=ltv_total_from(run))
         champions = promotion.evaluate_champions(cfg, fs, protocol, report)
         comparisons = promotion.compare(cfg, report, champions)
         gate = {"champions": champions, "coupled": promotion.coupling(cfg, champions),
@@ -511,7 +513,8 @@ def score(run: RunDir) -> dict:
 
 
 def ltv_total_from(run: RunDir) -> str:
-    """Where the published ZILN estimates take their total from (models/ltv_backtest.py): `prior` or `model`."""
+    """Where the published ZILN estimates take their total from (models/ltv_backtest.py): `model`, `prior` or
+    `recent`."""
     return (run.stage("ltv_backtest") or {}).get("ltv_total_from", "model")  # no backtest (training=none): model
 
 
@@ -531,8 +534,8 @@ def published_ltv_model(run: RunDir, checkpoint: Path):
         return family, None
     fs = FeatureSet.load(run.features)
     if family == "ziln":
-        log.info("publishing the LTV head's estimates at the seasonal prior's total (the LTV backtest's choice)")
-        frame, _, expected = head_estimates(fs, LoadedModel.from_file(checkpoint), "score", total_from_prior=True)
+        log.info("publishing the LTV head's estimates at the %s total (the LTV backtest's choice)", ltv_total_from(run))
+        frame, _, expected = head_estimates(fs, LoadedModel.from_file(checkpoint), "score", ltv_total_from(run))
         return family, pd.Series(expected, index=frame["user_id"].to_numpy())
     log.info("publishing the LTV estimates of %s (the LTV backtest's choice)", family)
     use_prior = run.config().ltv_prior and "ltv_prior" in fs.ltv.columns  # as the backtest decided it

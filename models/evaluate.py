@@ -122,28 +122,36 @@ def ltv_prior(frame, model) -> torch.Tensor | None:
     return torch.as_tensor(values)
 
 
-def head_estimates(fs: FeatureSet, loaded: LoadedModel, cutoff: str, total_from_prior: bool = False):
-    """predict_ltv's (frame, p_active, expected_value), the expected values at the prior's total over the cut-off's
-    customers when `total_from_prior` (the LTV backtest's ltv_total_from, models/ltv_backtest.py)."""
-    from models.ltv_backtest import at_prior_total
-
+def head_estimates(fs: FeatureSet, loaded: LoadedModel, cutoff: str, total_from: str = "model"):
+    """predict_ltv's (frame, p_active, expected_value), the expected values rescaled to the total `total_from` gives
+    over the cut-off's customers (the LTV backtest's ltv_total_from, models/ltv_backtest.py; `model`: as they are)."""
     frame, p, ev = predict_ltv(fs, loaded, cutoff)
-    if total_from_prior and len(frame):
-        ev = at_prior_total(ev, frame["ltv_prior"].to_numpy(dtype=float))
-    return frame, p, ev
+    return frame, p, at_source_total(fs, frame, cutoff, ev, total_from)
 
 
-def ltv_predictions(fs: FeatureSet, loaded: LoadedModel, with_btyd: bool = True, total_from_prior: bool = False):
+def at_source_total(fs: FeatureSet, frame, cutoff: str, expected: np.ndarray, total_from: str) -> np.ndarray:
+    """`expected` (of `frame`'s customers at a cut-off) rescaled to the total of `total_from`
+    (models.ltv_backtest.published_total; as they are where it has none)."""
+    from models.ltv_backtest import at_total, published_total
+
+    if total_from == "model" or not len(frame):
+        return expected
+    frames = dict(tuple(fs.ltv.groupby("cutoff"))) | {cutoff: frame}
+    return at_total(expected, published_total(frames, fs.split["ltv_cutoffs"], fs.split["horizon_days"], cutoff,
+                                              total_from))
+
+
+def ltv_predictions(fs: FeatureSet, loaded: LoadedModel, with_btyd: bool = True, total_from: str = "model"):
     """(actual spend, {model: (expected value, activity score)}) at the `eval` cut-off (D - H).
 
     The activity score orders customers by their chance of buying in the horizon (for AUC-PR): ZILN's
     p_active, BG/NBD's expected number of purchases, the naive model's past spend, the boosted trees' value.
     BG/NBD + Gamma-Gamma comes from the ltv_prior stage's fit when there is one, and with it the prior itself
     (BTYD x seasonal factor). The boosted trees (`gbdt`, models/ltv_backtest.py) are fitted on the training
-    cut-offs' customers with the features the ZILN head reads. With `total_from_prior`, `ziln` is the published
-    estimate at the prior's total, and `ziln_own_level` the head's own.
+    cut-offs' customers with the features the ZILN head reads. With `total_from` other than `model`, `ziln` is the
+    published estimate at that source's total (head_estimates), and `ziln_own_level` the head's own.
     """
-    from models.ltv_backtest import at_prior_total, fit_family, fittable
+    from models.ltv_backtest import fit_family, fittable
 
     frame, p, ev = predict_ltv(fs, loaded, "eval")
     if frame.empty:
@@ -151,9 +159,9 @@ def ltv_predictions(fs: FeatureSet, loaded: LoadedModel, with_btyd: bool = True,
     actual = frame["label_value"].to_numpy(dtype=float)
     naive = np.maximum(frame["spend_past_h"].to_numpy(dtype=float), 0.0)
     predictions = {"ziln": (ev, p), "naive_past_spend": (naive, naive)}
-    if total_from_prior:
+    if total_from != "model":
         predictions["ziln_own_level"] = (ev, p)
-        predictions["ziln"] = (at_prior_total(ev, frame["ltv_prior"].to_numpy(dtype=float)), p)
+        predictions["ziln"] = (at_source_total(fs, frame, "eval", ev, total_from), p)
     train = fs.ltv_train_frame()
     with_prior = "ltv_prior" in frame and bool(frame["ltv_prior"].notna().all())
     if fittable(train):  # the same fit as the one the score stage publishes when the backtest picks it

@@ -15,10 +15,13 @@ What the backtest decides for the run:
   LEVEL_CLIP): how far a model fitted on one window lands H days later. With ltv_calibration=level the published
   ZILN estimates are multiplied by it (one or two origins did not predict the next window's level,
   docs/benchmarks.md).
-- `ltv_total_from`: where the published ZILN estimates take their total from (`choose_total`): the head's own
-  (`model`), or the seasonal prior's total over the same customers (`prior`: the head ranks, `at_prior_total`
-  rescales). With ltv_calibration=auto (the default), the prior's when its total was nearer the actual total than
-  the head's at the checks whose prior is of the published kind (seasonal at both ends where the run's is).
+- `ltv_total_from`: where the published ZILN estimates take their total from (`choose_total`; the head ranks,
+  `at_total` rescales): the head's own (`model`); the seasonal prior's total over the same customers (`prior`); or
+  BG/NBD + Gamma-Gamma's total times its ratio of actual to predicted spend in the latest label window before the
+  cut-off (`recent`, `recent_total`: the seasonal prior corrects the same level from a year back). With ltv_calibration=auto (the default), the one of `prior` and `recent`
+  whose total was nearer the actual total at the backtest's checks (the prior judged only where it is of the
+  published kind, seasonal where the run's is). The head's own total is not a candidate: it is learned from one
+  label window and moves with the training (docs/benchmarks.md); ltv_calibration=none publishes it.
 - `ltv_correction_weight`: the w with the best Gini over the origins. On Online Retail II the decile MAPE at the
   backtest's check favoured the opposite w from the evaluation window's (the season changes between them), while
   the Gini ordered the w alike (docs/benchmarks.md).
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import math
+from datetime import datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -47,6 +51,7 @@ log = logging.getLogger(__name__)
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 FALLBACK_WEIGHT = 0.5  # when no backtest origin fits in the history (see docs/model.md)
 LEVEL_CLIP = (0.25, 4.0)
+TOTAL_SOURCES = ("model", "prior", "recent")
 MIN_CUSTOMERS = 10  # a cut-off with fewer customers (or no spend) fits and checks nothing
 
 
@@ -187,10 +192,32 @@ def run_backtest(ltv: pd.DataFrame, cutoffs: dict[str, str], use_prior: bool, si
               "gini": gini, "decile_mape": mape, "total_error": total_error,
               "total_error_checks": [c["check"] for c in like], "ltv_correction_weight": weight, "ziln": ziln,
               "best_family": best}
-    if use_prior:  # the chosen head at the prior's total: its Gini is the head's, its total the prior's
-        record["prior_total_decile_mape"] = float(np.mean([ltv_metrics(actual[c], at_prior_total(
-            predicted[c][ziln], predicted[c]["seasonal_bgnbd_prior"]))["decile_mape"] for c in predicted]))
+    record["total_sources"] = total_sources(frames, cutoffs, list(predicted), (seasons or {}) if use_prior else None)
+    for source, found in record["total_sources"].items():  # the chosen head at each source's total
+        record[f"{source}_total_decile_mape"] = float(np.mean([ltv_metrics(actual[c], at_total(
+            predicted[c][ziln], found["totals"][c]))["decile_mape"] for c in found["totals"]]))
     return record
+
+
+def total_sources(frames: dict[str, pd.DataFrame], cutoffs: dict[str, str], checks: list[str],
+                  seasons: dict[str, float | None] | None) -> dict[str, dict]:
+    """The `prior` and `recent` totals at each check where they apply, and their mean |log(total / actual)| there
+    (`error`). The prior applies where it is of the kind the run publishes with (seasonal where the evaluation
+    cut-off's is; without `seasons`, no prior at all); `recent` where a label window ends by the check."""
+    horizon = (datetime.fromisoformat(cutoffs["eval"]) - datetime.fromisoformat(cutoffs["train"])).days
+    found = {}
+    for source in ("prior", "recent"):
+        if source == "prior" and seasons is None:
+            continue
+        applies = [c for c in checks
+                   if source == "recent" or (seasons.get(c) is None) == (seasons.get("eval") is None)]
+        totals = {c: published_total(frames, cutoffs, horizon, c, source) for c in applies}
+        totals = {c: total for c, total in totals.items() if total}
+        if totals:  # every check has spend (_usable)
+            ratios = {c: total / float(frames[c]["label_value"].sum()) for c, total in totals.items()}
+            found[source] = {"totals": totals, "ratios": ratios,
+                             "error": float(np.mean([abs(math.log(r)) for r in ratios.values()]))}
+    return found
 
 
 def _prior_as_published(seasons: dict[str, float | None] | None, origin: str, check: str) -> bool:
@@ -199,11 +226,40 @@ def _prior_as_published(seasons: dict[str, float | None] | None, origin: str, ch
     return not seasons or (seasons.get(origin) is not None and seasons.get(check) is not None)
 
 
-def at_prior_total(expected: np.ndarray, prior: np.ndarray) -> np.ndarray:
-    """`expected` rescaled so that its total over these customers is the prior's: the head ranks, the prior sets
-    the level."""
-    total = float(np.sum(expected))
-    return expected * (float(np.sum(prior)) / total) if total > 0 else expected
+def at_total(expected: np.ndarray, total: float | None) -> np.ndarray:
+    """`expected` rescaled to add up to `total` over these customers: the head ranks, the total source sets the
+    level (None, or nothing to rescale: as it is)."""
+    own = float(np.sum(expected))
+    return expected * (total / own) if total is not None and own > 0 else expected
+
+
+def published_total(frames: dict[str, pd.DataFrame], cutoffs: dict[str, str], horizon_days: int, cutoff: str,
+                    source: str) -> float | None:
+    """The total the published ZILN estimates take at a cut-off (`frames`: models.data.load_ltv's rows by cut-off)
+    from `source` (TOTAL_SOURCES): the seasonal prior's over its customers, `recent_total`, or None (`model`: the
+    head's own, or a source with nothing to go on)."""
+    if source == "prior":
+        frame = frames[cutoff]
+        return float(frame["ltv_prior"].sum()) if "ltv_prior" in frame and frame["ltv_prior"].notna().all() else None
+    if source == "recent":
+        return recent_total(frames, cutoffs, horizon_days, cutoff)
+    return None
+
+
+def recent_total(frames: dict[str, pd.DataFrame], cutoffs: dict[str, str], horizon_days: int, cutoff: str
+                 ) -> float | None:
+    """BG/NBD + Gamma-Gamma's total over the cut-off's customers times actual / BG/NBD + GG's total in the latest
+    label window that ends by the cut-off (the year-back references ref_* aside): the seasonal prior's correction
+    of BTYD's level (models/ltv_prior.py), taken from the last window instead of a year back. None without one."""
+    at = datetime.fromisoformat(cutoffs[cutoff])
+    windows = {datetime.fromisoformat(iso): name for name, iso in cutoffs.items()
+               if not name.startswith("ref_") and name in frames
+               and datetime.fromisoformat(iso) + timedelta(days=horizon_days) <= at}
+    if not windows or "btyd_expected_value" not in frames[cutoff]:
+        return None
+    latest = frames[windows[max(windows)]]
+    actual, predicted = float(latest["label_value"].sum()), float(latest["btyd_expected_value"].sum())
+    return float(frames[cutoff]["btyd_expected_value"].sum()) * actual / predicted if actual > 0 < predicted else None
 
 
 def _log_error(metrics: dict[str, float]) -> float:
@@ -214,21 +270,22 @@ def _log_error(metrics: dict[str, float]) -> float:
 
 
 def choose_total(record: dict, calibration: str, use_prior: bool) -> tuple[str, str]:
-    """(where the published ZILN estimates take their total from: `model` or `prior`, why)."""
+    """(where the published ZILN estimates take their total from, one of TOTAL_SOURCES; why)."""
     if calibration in ("none", "level"):
         return "model", f"total: the head's own (ltv_calibration={calibration})"
-    if not use_prior:
-        return "model", "total: the head's own (no seasonal prior to take it from)"
     if calibration == "prior_total":
+        if not use_prior:
+            return "model", "total: the head's own (ltv_calibration=prior_total, but no seasonal prior to take it from)"
         return "prior", "total: the seasonal prior's (ltv_calibration=prior_total)"
-    if not record.get("decided"):
-        return "model", "total: the head's own (no backtest origin to compare it with the prior's)"
-    errors = record["total_error"]
-    head, prior = errors[record["ziln"]], errors["seasonal_bgnbd_prior"]
-    off = (f"at {', '.join(record['total_error_checks'])} the prior's total was off by {math.expm1(prior):.1%}, the "
-           f"head's by {math.expm1(head):.1%}")
-    return ("prior", f"total: the seasonal prior's ({off})") if prior < head else (
-        "model", f"total: the head's own ({off})")
+    if calibration == "recent_total":
+        return "recent", "total: the recent windows' (ltv_calibration=recent_total)"
+    sources = record.get("total_sources") or {}
+    if not sources:
+        return "model", "total: the head's own (no backtest check to judge a total source at)"
+    source = min(sources, key=lambda name: sources[name]["error"])
+    off = "; ".join(f"the {name} total was off by {math.expm1(found['error']):.1%} at {', '.join(found['totals'])}"
+                    for name, found in sources.items())
+    return source, f"total: the {source} one ({off})"
 
 
 def choose_model(record: dict) -> tuple[str, str]:

@@ -24,7 +24,7 @@ class Evaluation:
     actual: np.ndarray  # actual spend of the LTV holdout's customers
     ltv_values: dict[str, np.ndarray] = field(default_factory=dict)  # each LTV model's predictions
     ndcg_per_user: dict[str, np.ndarray] = field(default_factory=dict)  # each ranking's NDCG@10 by holdout user
-    total_from_prior: bool = False  # ZILN's published total is the seasonal prior's (the LTV backtest's choice)
+    total_from: str = "model"  # where ZILN's published total comes from (the LTV backtest's ltv_total_from)
 
     @property
     def metrics(self) -> dict:
@@ -62,28 +62,28 @@ class ModelEvaluation:
 
 
 def evaluate_run(fs: FeatureSet, loaded: LoadedModel, protocol: Protocol,
-                 factors: tuple[np.ndarray, np.ndarray] | None = None, total_from_prior: bool = False) -> Evaluation:
+                 factors: tuple[np.ndarray, np.ndarray] | None = None, total_from: str = "model") -> Evaluation:
     """The challenger and every baseline on the run's holdout (recommendations: the protocol's test window; LTV:
-    the `eval` cut-off; ZILN at the prior's total with `total_from_prior`, as it is published)."""
+    the `eval` cut-off; ZILN at the total of `total_from`, as it is published)."""
     recommendation, ndcg = evaluate_recommendations(fs, loaded, protocol, factors=factors)
-    actual, predictions = ltv_predictions(fs, loaded, total_from_prior=total_from_prior)
+    actual, predictions = ltv_predictions(fs, loaded, total_from=total_from)
     ltv = {name: ltv_metrics(actual, value, activity) for name, (value, activity) in predictions.items()}
     return Evaluation(recommendation, ltv, actual, {name: value for name, (value, _) in predictions.items()}, ndcg,
-                      total_from_prior)
+                      total_from)
 
 
 def evaluate_model(fs: FeatureSet, loaded: LoadedModel, protocol: Protocol, actual: np.ndarray,
-                   heads: tuple[str, ...] = ("recommendation", "ltv"), total_from_prior: bool = False
+                   heads: tuple[str, ...] = ("recommendation", "ltv"), total_from: str = "model"
                    ) -> ModelEvaluation:
     """One more model on the same holdout as the challenger, without the baselines, for the given heads (its ZILN
-    estimates at the prior's total with `total_from_prior`, like the challenger's)."""
+    estimates at the total of `total_from`, like the challenger's)."""
     found = ModelEvaluation()
     if "recommendation" in heads:
         metrics, ndcg = evaluate_recommendations(fs, loaded, protocol, baselines=False)
         if "model" in metrics:
             found.recommendation, found.ndcg_per_user = metrics["model"], ndcg["model"]
     if "ltv" in heads and len(actual):
-        _, p_active, expected_value = head_estimates(fs, loaded, "eval", total_from_prior)
+        _, p_active, expected_value = head_estimates(fs, loaded, "eval", total_from)
         found.ltv, found.ltv_values = ltv_metrics(actual, expected_value, p_active), expected_value
     return found
 

@@ -232,39 +232,71 @@ def test_published_estimates_are_the_family_at_the_scoring_cutoff_times_the_leve
     assert gbdt.equals(published_estimates(fs, "gbdt", True))  # the evaluate stage's fit is the published one
 
 
-def test_at_the_prior_total_the_head_ranks_and_the_prior_sets_the_level():
-    from models.ltv_backtest import at_prior_total
+def test_at_a_total_the_head_ranks_and_the_total_source_sets_the_level():
+    from models.ltv_backtest import at_total
 
-    head, prior = np.array([1.0, 3.0, 0.0]), np.array([10.0, 10.0, 20.0])
-    assert at_prior_total(head, prior).tolist() == [10.0, 30.0, 0.0]
-    assert at_prior_total(np.zeros(2), np.ones(2)).tolist() == [0.0, 0.0]  # nothing to rescale
+    head = np.array([1.0, 3.0, 0.0])
+    assert at_total(head, 40.0).tolist() == [10.0, 30.0, 0.0]
+    assert at_total(np.zeros(2), 2.0).tolist() == [0.0, 0.0]  # nothing to rescale
+    assert at_total(head, None).tolist() == head.tolist()  # a source with nothing to go on: the head's own
 
 
-def test_auto_takes_the_total_from_the_prior_only_where_it_was_nearer_at_the_checks():
-    """A prior that knows each window's level, but is twice too high at every other cut-off, as a season would make
-    it: a head fitted on one window learns a correction of the level that is wrong in the next, so auto takes the
-    prior's total. With the population's own prior, which a head corrects well on a steady base, it keeps the head's."""
-    ltv = population(STEADY, n=2000)
-    season = ltv["cutoff"].map({"backtest_2": 2.0, "backtest_1": 1.0, "train": 2.0, "eval": 1.0, "score": 2.0})
-    seasonal = ltv.assign(ltv_prior=(ltv["label_value"] + 1.0) * season)
+def window(cutoff: str, btyd: list[float], label: list[float]) -> pd.DataFrame:
+    return pd.DataFrame({"cutoff": cutoff, "btyd_expected_value": btyd, "label_value": label})
+
+
+def test_the_recent_total_corrects_btyd_by_the_latest_label_window_that_ends_by_the_cutoff():
+    """BG/NBD + GG's total times actual / BG/NBD + GG in the latest window whose labels end by the cut-off: not the
+    cut-off's own, not a later one, not a year-back reference."""
+    from models.ltv_backtest import published_total, recent_total
+
+    cutoffs = {"ref_train": "2023-02-10T00:00:00", **CUTOFFS}
+    frames = {"ref_train": window("ref_train", [1.0], [1000.0]),
+              "backtest_2": window("backtest_2", [10.0, 10.0], [5.0, 15.0]),  # actual / BTYD 1
+              "backtest_1": window("backtest_1", [20.0], [40.0]),  # 2
+              "train": window("train", [30.0], [90.0]),  # 3
+              "eval": window("eval", [10.0, 5.0], [np.nan, np.nan]), "score": window("score", [7.0], [0.0])}
+    assert recent_total(frames, cutoffs, H, "eval") == pytest.approx(15.0 * 3)  # train's ratio
+    assert recent_total(frames, cutoffs, H, "train") == pytest.approx(30.0 * 2)  # backtest_1's, not its own
+    assert recent_total(frames, cutoffs, H, "backtest_1") == pytest.approx(20.0 * 1)
+    assert recent_total(frames, cutoffs, H, "backtest_2") is None  # no window ends by it (ref_* aside)
+    assert published_total(frames, cutoffs, H, "score", "recent") is None  # eval's labels: none known yet
+    frames["eval"]["label_value"] = [20.0, 10.0]
+    assert published_total(frames, cutoffs, H, "score", "recent") == pytest.approx(7.0 * 2)
+    assert published_total(frames, cutoffs, H, "score", "model") is None
+
+
+def test_auto_takes_the_total_from_the_source_nearer_at_the_checks():
+    """A season that doubles every other window: the recent windows' ratio is wrong at each check, a prior that
+    knows the season is right, so auto takes the prior's total. On a steady base with a prior twice too high, it
+    takes the recent windows'. The head's own total is never auto's: ltv_calibration=none publishes it."""
+    season = {"backtest_2": 2.0, "backtest_1": 1.0, "train": 2.0, "eval": 1.0, "score": 2.0}
+    seasonal = population(season, n=2000)
+    seasonal["ltv_prior"] = seasonal["label_value"] + 1.0
     record = decide(seasonal, CUTOFFS, True, 2.0, 16, seed=3, weight=1.0)
-    assert record["ltv_total_from"] == "prior" and record["reasons"][-1].startswith("total: the seasonal prior's")
-    assert record["total_error"]["seasonal_bgnbd_prior"] < record["total_error"]["ziln_w1"]
-    assert decide(ltv, CUTOFFS, True, 2.0, 16, seed=3, weight=1.0)["ltv_total_from"] == "model"
+    assert record["ltv_total_from"] == "prior" and record["reasons"][-1].startswith("total: the prior one")
+    assert record["total_sources"]["prior"]["error"] < 0.05 < 0.2 < record["total_sources"]["recent"]["error"]
+    steady = population(STEADY, n=2000)
+    steady["ltv_prior"] = 2.0 * steady["label_value"] + 1.0
+    record = decide(steady, CUTOFFS, True, 2.0, 16, seed=3, weight=1.0)
+    assert record["ltv_total_from"] == "recent" and set(record["total_sources"]["recent"]["totals"]) == {
+        "train", "backtest_1"}
+    assert record["total_sources"]["recent"]["error"] < 0.1 < 0.6 < record["total_sources"]["prior"]["error"]
     from models.ltv_backtest import choose_total
 
     assert choose_total(record, "none", use_prior=True)[0] == choose_total(record, "level", True)[0] == "model"
-    assert choose_total(record | {"decided": False}, "prior_total", True)[0] == "prior"
+    assert choose_total(record, "prior_total", True)[0] == "prior"
+    assert choose_total(record, "recent_total", True)[0] == "recent"
     assert choose_total(record, "prior_total", use_prior=False)[0] == "model"  # no prior to take a total from
     assert choose_total({"decided": False}, "auto", True)[0] == "model"  # nothing measured: the head's own
 
 
-def test_the_total_is_judged_where_the_checks_prior_is_the_kind_the_run_publishes():
-    """backtest_2 has no year-back reference, so its pair compares plain priors: the prior's total is judged at
-    backtest_1 -> train only, where the prior is seasonal like the run's."""
+def test_the_prior_total_is_judged_where_the_checks_prior_is_the_kind_the_run_publishes():
+    """backtest_1 has no year-back reference: its prior is plain BG/NBD + GG, unlike the evaluation cut-off's, so
+    the prior's total is judged at train only; the recent windows' at both checks."""
     ltv = population(STEADY, n=600)
-    seasons = {"backtest_2": None, "backtest_1": 1.2, "train": 0.9, "eval": 1.1, "score": 1.0}
+    seasons = {"backtest_2": None, "backtest_1": None, "train": 0.9, "eval": 1.1, "score": 1.0}
     record = decide(ltv, CUTOFFS, True, 2.0, 16, seed=3, weight=1.0, seasons=seasons)
-    assert [c["prior_as_published"] for c in record["origins"]] == [True, False]
-    assert record["total_error_checks"] == ["train"]
-    assert record["reasons"][-1].startswith("total: ") and "at train the prior's total" in record["reasons"][-1]
+    assert list(record["total_sources"]["prior"]["totals"]) == ["train"]
+    assert list(record["total_sources"]["recent"]["totals"]) == ["train", "backtest_1"]
+    assert "the prior total was off by" in record["reasons"][-1] and "at train;" in record["reasons"][-1]
