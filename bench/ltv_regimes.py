@@ -47,7 +47,7 @@ def run_regime(regime: str, users: int, days: int, seed: int, home: Path) -> dic
     return {"wall_seconds": round(time.time() - started, 1), "customers": ltv.get("ziln", {}).get("n_customers"),
             "published": published, "ltv": figures, "targets": targets(figures, published),
             "backtest": {k: backtest.get(k) for k in ("decisions", "reasons", "levels", "gini", "decile_mape",
-                                                      "total_error", "ltv_total_from")}}
+                                                      "total_error", "ltv_total_from", "total_sources")}}
 
 
 def targets(figures: dict[str, dict], published: str = "ziln") -> dict[str, bool | None]:
