@@ -18,10 +18,11 @@ What the backtest decides for the run:
 - `ltv_total_from`: where the published ZILN estimates take their total from (`choose_total`; the head ranks,
   `at_total` rescales): the head's own (`model`); the seasonal prior's total over the same customers (`prior`); or
   BG/NBD + Gamma-Gamma's total times its ratio of actual to predicted spend in the latest label window before the
-  cut-off (`recent`, `recent_total`: the seasonal prior corrects the same level from a year back). With ltv_calibration=auto (the default), the one of `prior` and `recent`
-  whose total was nearer the actual total at the backtest's checks (the prior judged only where it is of the
-  published kind, seasonal where the run's is). The head's own total is not a candidate: it is learned from one
-  label window and moves with the training (docs/benchmarks.md); ltv_calibration=none publishes it.
+  cut-off (`recent`, `recent_total`; the seasonal prior corrects the same level from a year back). With
+  ltv_calibration=auto (the default), the one of `prior` and `recent` whose total was nearer the actual total at
+  the backtest's checks (the prior judged only where it is of the published kind, seasonal where the run's is).
+  The head's own total is not a candidate: it is learned from one label window and moves with the training
+  (docs/benchmarks.md); ltv_calibration=none publishes it. Without a check (a short history), `recent`.
 - `ltv_correction_weight`: the w with the best Gini over the origins. On Online Retail II the decile MAPE at the
   backtest's check favoured the opposite w from the evaluation window's (the season changes between them), while
   the Gini ordered the w alike (docs/benchmarks.md).
@@ -278,10 +279,11 @@ def choose_total(record: dict, calibration: str, use_prior: bool) -> tuple[str, 
             return "model", "total: the head's own (ltv_calibration=prior_total, but no seasonal prior to take it from)"
         return "prior", "total: the seasonal prior's (ltv_calibration=prior_total)"
     if calibration == "recent_total":
-        return "recent", "total: the recent windows' (ltv_calibration=recent_total)"
+        return "recent", "total: BG/NBD + GG's at the latest window's level (ltv_calibration=recent_total)"
     sources = record.get("total_sources") or {}
-    if not sources:
-        return "model", "total: the head's own (no backtest check to judge a total source at)"
+    if not sources:  # a short history: no year back either, so the latest window is the best guess of the level
+        return "recent", ("total: BG/NBD + GG's at the latest label window's level (no backtest check to judge the "
+                          "sources at; the head's own where no window ends by the cut-off)")
     source = min(sources, key=lambda name: sources[name]["error"])
     off = "; ".join(f"the {name} total was off by {math.expm1(found['error']):.1%} at {', '.join(found['totals'])}"
                     for name, found in sources.items())

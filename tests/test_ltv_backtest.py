@@ -288,7 +288,7 @@ def test_auto_takes_the_total_from_the_source_nearer_at_the_checks():
     assert choose_total(record, "prior_total", True)[0] == "prior"
     assert choose_total(record, "recent_total", True)[0] == "recent"
     assert choose_total(record, "prior_total", use_prior=False)[0] == "model"  # no prior to take a total from
-    assert choose_total({"decided": False}, "auto", True)[0] == "model"  # nothing measured: the head's own
+    assert choose_total({"decided": False}, "auto", True)[0] == "recent"  # nothing to judge at: the latest level
 
 
 def test_the_prior_total_is_judged_where_the_checks_prior_is_the_kind_the_run_publishes():
