@@ -152,7 +152,9 @@ def headline(name: str, rec: dict) -> str:
         published = rec.get("ltv_model", "ziln")
         if published == "ziln" and rec.get("ltv_total_from", "model") != "model":
             published += f" at the {rec['ltv_total_from']} total"
-        return (f"{len(rec.get('origins', []))} origin(s): correction weight "
+        checked = ("the training customers half against half" if rec.get("in_window")
+                   else f"{len(rec.get('origins', []))} origin(s)")
+        return (f"{checked}: correction weight "
                 f"{decided.get('ltv_correction_weight', 0):g}, level {found:.3f} ({applied}), best "
                 f"{rec.get('best_family')}, publishes {published}")
     if name == "als_baseline" and isinstance(rec.get("tuning"), dict):

@@ -159,25 +159,28 @@ def run_backtest(ltv: pd.DataFrame, cutoffs: dict[str, str], use_prior: bool, si
     models.data.load_ltv's rows; `seasons`: the ltv_prior stage's seasonal factors (None: a backtest origin whose
     prior is not seasonal, models/ltv_prior.py)."""
     frames = {name: frame.sort_values("user_id", ignore_index=True) for name, frame in ltv.groupby("cutoff")}
-    usable = [(o, c) for o, c in origin_pairs(cutoffs) if _usable(frames.get(o), use_prior)
-              and _usable(frames.get(c), use_prior)]
-    if not usable:
+    pairs = [(o, c, frames[o], frames[c]) for o, c in origin_pairs(cutoffs) if _usable(frames.get(o), use_prior)
+             and _usable(frames.get(c), use_prior)]
+    in_window = not pairs
+    if in_window:
+        pairs = in_window_pairs(frames.get("train"), use_prior)
+    if not pairs:
         return {"origins": [], "decided": False,
-                "reason": "no backtest origin: less than 3H and 30 days of history before the run date, or "
-                          "ltv_backtest_origins=0"}
+                "reason": "no backtest origin (less than 3H and 30 days of history before the run date, or "
+                          "ltv_backtest_origins=0) and too few training customers to split"}
     checks, predicted, actual = [], {}, {}
-    for origin, check in usable:
-        pair = [frames[origin], frames[check]]
+    for origin, check, *pair in pairs:
         if use_prior and seasons and (seasons.get(origin) is None) != (seasons.get(check) is None):
             pair = [plain_prior(frame) for frame in pair]  # one definition of the prior at both ends
         values = family_predictions(*pair, use_prior, sigma_max, width, seed, weights)
-        actual[check] = frames[check]["label_value"].to_numpy(dtype=float)
+        actual[check] = pair[1]["label_value"].to_numpy(dtype=float)
         predicted[check] = values
-        like = _prior_as_published(seasons, origin, check)
-        checks.append({"origin": origin, "check": check, "origin_date": cutoffs[origin], "check_date": cutoffs[check],
-                       "customers": len(actual[check]), "prior_as_published": like,
+        like = in_window or _prior_as_published(seasons, origin, check)
+        checks.append({"origin": origin, "check": check, "origin_date": cutoffs[origin.split(":")[0]],
+                       "check_date": cutoffs[check.split(":")[0]], "customers": len(actual[check]),
+                       "prior_as_published": like,
                        "metrics": {name: ltv_figures(actual[check], ev) for name, ev in values.items()}})
-    families = list(predicted[usable[0][1]])
+    families = list(predicted[pairs[0][1]])
     levels = {f: _level([c["metrics"][f] for c in checks]) for f in families}
     calibrated = {f: float(np.mean([_calibrated_mape(actual[c], predicted[c][f], levels[f]) for c in predicted]))
                   for f in families}
@@ -189,15 +192,31 @@ def run_backtest(ltv: pd.DataFrame, cutoffs: dict[str, str], use_prior: bool, si
     weight = choose_weight(gini) if use_prior else 1.0
     ziln = f"ziln_w{weight:g}"
     best = max((f for f in families if f == ziln or not f.startswith("ziln_")), key=lambda f: gini[f])
-    record = {"origins": checks, "decided": True, "levels": levels, "calibrated_decile_mape": calibrated,
+    record = {"origins": checks, "decided": True, "in_window": in_window, "levels": levels,
+              "calibrated_decile_mape": calibrated,
               "gini": gini, "decile_mape": mape, "total_error": total_error,
               "total_error_checks": [c["check"] for c in like], "ltv_correction_weight": weight, "ziln": ziln,
               "best_family": best}
-    record["total_sources"] = total_sources(frames, cutoffs, list(predicted), (seasons or {}) if use_prior else None)
+    # one window's halves say nothing about how the level moves between windows
+    record["total_sources"] = {} if in_window else total_sources(frames, cutoffs, list(predicted),
+                                                                 (seasons or {}) if use_prior else None)
     for source, found in record["total_sources"].items():  # the chosen head at each source's total
         record[f"{source}_total_decile_mape"] = float(np.mean([ltv_metrics(actual[c], at_total(
             predicted[c][ziln], found["totals"][c]))["decile_mape"] for c in found["totals"]]))
     return record
+
+
+def in_window_pairs(train: pd.DataFrame | None, use_prior: bool) -> list[tuple[str, str, pd.DataFrame, pd.DataFrame]]:
+    """Without a backtest origin (a short history), the training cut-off's customers in two halves (by a hash of
+    user_id), each fitted on one and checked on the other: `train:1` -> `train:2` and back. Their labels end by
+    D - H, like the origins'; they tell how families and weights rank customers, not how the level drifts."""
+    if not _usable(train, use_prior):
+        return []
+    half = (pd.util.hash_pandas_object(train["user_id"], index=False).to_numpy() % 2).astype(bool)
+    one, two = train[~half].reset_index(drop=True), train[half].reset_index(drop=True)
+    if not (_usable(one, use_prior) and _usable(two, use_prior)):
+        return []
+    return [("train:1", "train:2", one, two), ("train:2", "train:1", two, one)]
 
 
 def total_sources(frames: dict[str, pd.DataFrame], cutoffs: dict[str, str], checks: list[str],
@@ -325,9 +344,13 @@ def decide(ltv: pd.DataFrame, cutoffs: dict[str, str], use_prior: bool, sigma_ma
     calibrate = calibration == "level"
     ziln, level = record["ziln"], record["levels"][record["ziln"]]
     w = record["ltv_correction_weight"]
+    over = ("the training cut-off's customers, half against half (no backtest origin)" if record["in_window"]
+            else f"{len(record['origins'])} origin(s)")
     reasons = [f"correction weight {w:g} ({'set by the run' if weight is not None else 'chosen'}: Gini "
-               f"{record['gini'][ziln]:.4f} over {len(record['origins'])} origin(s))",
-               f"level {level:.3f}: a ZILN head fitted H days earlier predicted {1 / level:.3f} x the actual total"
+               f"{record['gini'][ziln]:.4f} over {over})",
+               f"level {level:.3f}: a ZILN head fitted "
+               + ("on the other half of the customers" if record["in_window"] else "H days earlier")
+               + f" predicted {1 / level:.3f} x the actual total"
                + ("" if calibrate else f" (not applied: ltv_calibration={calibration})")]
     published, why = choose_model(record) if model == "auto" else (model, f"{model} published: set by the run")
     if published not in ("ziln", *record["gini"]):

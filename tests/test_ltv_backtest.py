@@ -135,8 +135,27 @@ def test_an_ageing_base_is_found_over_predicted_and_the_level_corrects_it():
     assert ltv_figures(actual, raw * level)["total_ratio"] == pytest.approx(1.0, abs=0.1)
 
 
-def test_without_an_origin_the_fallback_weight_and_no_calibration():
+def test_without_an_origin_the_training_customers_are_checked_half_against_half():
+    """A short history: each half of the training cut-off's customers is fitted on and checked on the other; the
+    evaluation and scoring cut-offs stay unread, and the total comes from the latest window (no drift to judge)."""
+    cutoffs = {k: CUTOFFS[k] for k in ("train", "eval", "score")}
     ltv = population({"train": 1.0, "eval": 1.0, "score": 1.0})
+    record = decide(ltv, cutoffs, True, 2.0, 16, seed=3)
+    assert record["in_window"] and [(o["origin"], o["check"]) for o in record["origins"]] == [
+        ("train:1", "train:2"), ("train:2", "train:1")]
+    halves = [o["customers"] for o in record["origins"]]
+    assert sum(halves) == (ltv["cutoff"] == "train").sum() and min(halves) > 0.4 * sum(halves)
+    assert record["decisions"]["ltv_correction_weight"] in WEIGHTS and record["ltv_total_from"] == "recent"
+    assert "half against half" in record["reasons"][0] and not record["total_sources"]
+    tampered = ltv.copy()
+    late = tampered["cutoff"].isin(["eval", "score"])
+    tampered.loc[late, "label_value"] = np.nan
+    tampered.loc[late, LTV_FEATURES] *= 1000.0
+    assert decide(tampered, cutoffs, True, 2.0, 16, seed=3)["gini"] == record["gini"]
+
+
+def test_without_an_origin_or_enough_training_customers_the_fallback_weight_and_no_calibration():
+    ltv = population({"train": 1.0, "eval": 1.0, "score": 1.0}, n=15)  # halves under MIN_CUSTOMERS
     record = decide(ltv, {k: CUTOFFS[k] for k in ("train", "eval", "score")}, True, 2.0, 16, seed=3)
     assert record["decisions"] == {"ltv_correction_weight": FALLBACK_WEIGHT, "ltv_level": 1.0}
     assert "no backtest origin" in record["reasons"][0]
