@@ -72,7 +72,8 @@ def pytest_unconfigure(config):
 @pytest.fixture(scope="session")
 def spark_features():
     """Runs jobs/features.py (spark-submit, local mode) on hand-made events (user, item, type, ts, amount) and
-    items; returns its output folder. As of 2024-04-09, with H = 30 days and a 7-day holdout."""
+    items; returns its output folder. By default as of 2024-04-09, with H = 30 days, a 7-day holdout and no LTV
+    backtest origin."""
     import subprocess
     import sys
     from pathlib import Path
@@ -81,7 +82,8 @@ def spark_features():
 
     from ltvrec.config import EVENT_TYPES, PROJECT_ROOT
 
-    def run(tmp: Path, events: list[tuple], items: pd.DataFrame) -> Path:
+    def run(tmp: Path, events: list[tuple], items: pd.DataFrame, as_of: str = "2024-04-09", horizon_days: int = 30,
+            backtest_origins: int = 0) -> Path:
         ev = pd.DataFrame(events, columns=["user_id", "item_id", "event_type", "event_ts", "amount"])
         ev["event_ts"] = pd.to_datetime(ev["event_ts"]).astype("datetime64[us]")
         ev["event_id"] = range(1, len(ev) + 1)
@@ -90,9 +92,9 @@ def spark_features():
         items.to_parquet(tmp / "dim_items.parquet")
         cmd = [str(Path(sys.executable).parent / "spark-submit"), "--master", "local[1]", "--conf", "spark.ui.enabled=false",
                str(PROJECT_ROOT / "jobs" / "features.py"), "--events", str(tmp / "fct_events.parquet"),
-               "--items", str(tmp / "dim_items.parquet"), "--out", str(tmp / "out"), "--as-of", "2024-04-09",
-               "--horizon-days", "30", "--holdout-days", "7", "--ltv-train-windows", "1",
-               "--event-types", ",".join(EVENT_TYPES)]
+               "--items", str(tmp / "dim_items.parquet"), "--out", str(tmp / "out"), "--as-of", as_of,
+               "--horizon-days", str(horizon_days), "--holdout-days", "7", "--ltv-train-windows", "1",
+               "--ltv-backtest-origins", str(backtest_origins), "--event-types", ",".join(EVENT_TYPES)]
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYSPARK_PYTHON": sys.executable})
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         return tmp / "out"
