@@ -2,7 +2,7 @@
 regime, and every LTV model's figures at the evaluation cut-off against the issue's targets (JSON).
 
     .venv/bin/python bench/ltv_regimes.py [--regimes steady ageing growing seasonal] [--users 3000] [--days 730]
-        [--keep DIR]
+        [--horizon-days 90] [--keep DIR]
 
 Per regime: normalized Gini, decile MAPE and predicted / actual total of ZILN, boosted trees, BG/NBD +
 Gamma-Gamma, the seasonal prior and naive past spend; the LTV backtest's decisions, levels and published family
@@ -27,11 +27,12 @@ from ltvrec.config import SYNTHETIC_REGIMES
 TOTAL_TOLERANCE = 0.10
 
 
-def run_regime(regime: str, users: int, days: int, seed: int, home: Path) -> dict:
+def run_regime(regime: str, users: int, days: int, seed: int, home: Path, horizon_days: int = 90) -> dict:
     env = {**os.environ, "LTVREC_HOME": str(home)}
     for key in ("AIRFLOW_HOME", "MLFLOW_TRACKING_URI"):
         env.pop(key, None)
-    conf = {"synthetic_regime": regime, "synthetic_users": users, "synthetic_days": days, "seed": seed}
+    conf = {"synthetic_regime": regime, "synthetic_users": users, "synthetic_days": days, "seed": seed,
+            "horizon_days": horizon_days}
     started = time.time()
     proc = subprocess.run([str(Path(sys.executable).parent / "ltvrec"), "run", "--source", "synthetic", "--conf",
                            json.dumps(conf)], env=env, capture_output=True, text=True)
@@ -74,15 +75,17 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=3000)
     ap.add_argument("--days", type=int, default=730, help="two years: the seasonal prior needs a year and H days")
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--horizon-days", type=int, default=90, help="H; with --days under 3H + 30, no backtest origin")
     ap.add_argument("--keep", type=Path, help="a new folder to keep each regime's LTVREC_HOME in")
     args = ap.parse_args()
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=False)
-    out = {"users": args.users, "days": args.days, "seed": args.seed, "regimes": {}}
+    out = {"users": args.users, "days": args.days, "horizon_days": args.horizon_days, "seed": args.seed,
+           "regimes": {}}
     for regime in args.regimes:
         with tempfile.TemporaryDirectory(prefix=f"ltvrec-{regime}-") as scratch:
             home = args.keep / regime if args.keep else Path(scratch)
-            out["regimes"][regime] = run_regime(regime, args.users, args.days, args.seed, home)
+            out["regimes"][regime] = run_regime(regime, args.users, args.days, args.seed, home, args.horizon_days)
         print(f"{regime}: {json.dumps(out['regimes'][regime]['targets'])}", file=sys.stderr)
     print(json.dumps(out, indent=1))
 
