@@ -6,9 +6,7 @@ bench/ltv_regimes.py (3,000 users over two years): with 1,000 or 1,500, one wind
 10% (the ageing total came out 1.12 with 1,000 users, the seasonal one 1.14 with 1,500)."""
 
 import json
-from datetime import timedelta
 
-import numpy as np
 import pytest
 
 from ltvrec import synthetic
