@@ -309,18 +309,20 @@ def choose_total(record: dict, calibration: str, use_prior: bool) -> tuple[str, 
     return source, f"total: the {source} one ({off})"
 
 
-def choose_model(record: dict) -> tuple[str, str]:
+def choose_model(record: dict, total_from: str = "model") -> tuple[str, str]:
     """(the family to publish, why): among the families that beat the chosen ZILN on Gini at the backtest's checks
-    without a worse decile MAPE there, the one with the best Gini; else ZILN (`ziln`)."""
+    without a worse decile MAPE there, the one with the best Gini; else ZILN (`ziln`). ZILN's decile MAPE is that of
+    its estimates as published: at the total of `total_from` (the record's `<source>_total_decile_mape`)."""
     gini, mape, ziln = record["gini"], record["decile_mape"], record["ziln"]
-    better = [f for f in gini if not f.startswith("ziln_") and gini[f] > gini[ziln] and mape[f] <= mape[ziln]]
+    ziln_mape = record.get(f"{total_from}_total_decile_mape", mape[ziln])
+    better = [f for f in gini if not f.startswith("ziln_") and gini[f] > gini[ziln] and mape[f] <= ziln_mape]
     if not better:
         return "ziln", (f"ZILN published: no family beat its Gini ({gini[ziln]:.4f}) without a worse decile MAPE "
-                        f"({mape[ziln]:.3f}) in the backtest")
+                        f"({ziln_mape:.3f}) in the backtest")
     chosen = max(better, key=lambda f: gini[f])
     return chosen, (f"{chosen} published instead of ZILN: in the backtest it ranked customers better (Gini "
                     f"{gini[chosen]:.4f} vs {gini[ziln]:.4f}) with no worse decile MAPE ({mape[chosen]:.3f} vs "
-                    f"{mape[ziln]:.3f})")
+                    f"{ziln_mape:.3f})")
 
 
 def decide(ltv: pd.DataFrame, cutoffs: dict[str, str], use_prior: bool, sigma_max: float, width: int, seed: int,
@@ -352,7 +354,8 @@ def decide(ltv: pd.DataFrame, cutoffs: dict[str, str], use_prior: bool, sigma_ma
                + ("on the other half of the customers" if record["in_window"] else "H days earlier")
                + f" predicted {1 / level:.3f} x the actual total"
                + ("" if calibrate else f" (not applied: ltv_calibration={calibration})")]
-    published, why = choose_model(record) if model == "auto" else (model, f"{model} published: set by the run")
+    published, why = (choose_model(record, total_from) if model == "auto"
+                      else (model, f"{model} published: set by the run"))
     if published not in ("ziln", *record["gini"]):
         raise ValueError(f"ltv_model {published!r}: the backtest has no such family here ({', '.join(record['gini'])})")
     published_level = record["levels"][published] if calibrate and published != "ziln" else 1.0  # ZILN's: ltv_level

@@ -212,6 +212,9 @@ def test_another_family_is_published_only_when_it_beats_ziln_on_gini_without_a_w
     two = record | {"gini": record["gini"] | {"bgnbd_gamma_gamma": 0.83},
                     "decile_mape": record["decile_mape"] | {"bgnbd_gamma_gamma": 0.30}}
     assert choose_model(two)[0] == "bgnbd_gamma_gamma"
+    # ZILN as published: at the recent total its decile MAPE is 0.20, which the boosted trees' 0.25 does not match
+    assert choose_model(record | {"recent_total_decile_mape": 0.20}, "recent")[0] == "ziln"
+    assert choose_model(record | {"recent_total_decile_mape": 0.20})[0] == "gbdt"  # the head's own level: 0.30
 
 
 def test_the_backtest_records_the_published_family_and_a_run_can_set_it():
